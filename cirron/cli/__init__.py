@@ -1,0 +1,1 @@
+"""The ``cirron`` command. Imported only by the console script, never by ``import cirron``."""

@@ -1,0 +1,1 @@
+"""The shared core of cirron. Nothing under this package imports an ML framework."""
