@@ -1,0 +1,657 @@
+"""The hot path: scopes, marks and loop wrappers.
+
+Everything here runs inside the user's training step, so it follows three rules:
+
+* no I/O, no lock, no uuid and no JSON: a record is a tuple appended to a per-thread ``deque``;
+* ids are a per-process random prefix plus a per-thread counter, turned into hex at seal time;
+* nothing raises into user code: a bad mark value is counted and warned about once.
+
+The scope stack lives in a :class:`contextvars.ContextVar` holding the innermost open
+:class:`Scope`; each scope points at its parent. Threads start with an empty stack, asyncio tasks
+inherit a copy of their creator's, so interleaved tasks never see each other's scopes.
+
+Records are drained by :mod:`cirron.core.seal` on the flusher thread. Buffers are bounded
+(``MARK_CAPACITY`` / ``SPAN_CAPACITY`` per thread, drop-oldest); a drop leaves a gap in the
+per-thread sequence numbers, which is how the drain counts drops exactly at no cost here.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import itertools
+import os
+import random
+import threading
+import warnings
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from functools import wraps
+from time import perf_counter_ns
+from typing import Any, TypeVar
+
+from cirron.core.errors import CirronWarning
+
+__all__ = [
+    "MARK_CAPACITY",
+    "MAX_DEPTH",
+    "SPAN_CAPACITY",
+    "Deferred",
+    "Recorder",
+    "Scope",
+    "ThreadBuffer",
+]
+
+T = TypeVar("T")
+
+MAX_DEPTH = 64
+MARK_CAPACITY = 65_536
+SPAN_CAPACITY = 65_536
+STRING_CAP = 256
+# Wake the flusher early when a thread has appended this many marks since the last wake.
+_WAKE_MASK = 0x3FFF
+
+_PLAIN: frozenset[type] = frozenset((float, int, str, bool))
+
+
+class Deferred:
+    """A mark value or span attribute converted later, on the flusher thread.
+
+    Tensors handed to ``mark`` are wrapped in one, so the training thread never waits for a
+    device: the conversion (``.item()``) happens during sealing.
+    """
+
+    __slots__ = ("convert", "obj")
+
+    def __init__(self, obj: Any, convert: Callable[[Any], Any]) -> None:
+        self.obj = obj
+        self.convert = convert
+
+    def resolve(self) -> Any:
+        return self.convert(self.obj)
+
+
+def _item(obj: Any) -> Any:
+    return obj.item()
+
+
+def _numpy_item(obj: Any) -> Any:
+    return obj.numpy().item()
+
+
+def _coerce_unusual(value: Any) -> Any:
+    """Classify a mark value that is not a plain int/float/str/bool.
+
+    Returns a plain value, a :class:`Deferred`, or ``_BAD`` for values cirron does not record.
+    Cheap checks only: no framework is imported and no device is touched.
+    """
+    shape = getattr(value, "shape", None)
+    if shape is not None:
+        try:
+            zero_d = len(shape) == 0
+        except TypeError:
+            zero_d = False
+        if not zero_d:
+            return _BAD
+        detach = getattr(value, "detach", None)
+        if detach is not None:  # torch: keep a detached reference, convert off-thread
+            return Deferred(detach(), _item)
+        if hasattr(value, "item"):
+            if type(value).__module__ == "numpy":  # numpy scalars are cheap: convert now
+                return value.item()
+            return Deferred(value, _item)
+        if hasattr(value, "numpy"):
+            return Deferred(value, _numpy_item)
+        return _BAD
+    if isinstance(value, (int, float, str)):  # subclasses (IntEnum, numpy.float64, ...)
+        return value
+    return _BAD
+
+
+_BAD = object()
+
+
+class ThreadBuffer:
+    """One thread's record buffers. Appended by its own thread, drained by the flusher."""
+
+    __slots__ = (
+        "bad_values",
+        "depth_drops",
+        "last_mark_seq",
+        "last_span_seq",
+        "marks",
+        "mark_seq",
+        "number",
+        "span_base",
+        "span_close_seq",
+        "span_id_seq",
+        "spans",
+        "thread",
+        "thread_id",
+    )
+
+    def __init__(self, number: int, prefix: int) -> None:
+        self.marks: deque[tuple[Any, ...]] = deque(maxlen=MARK_CAPACITY)
+        self.spans: deque[tuple[Any, ...]] = deque(maxlen=SPAN_CAPACITY)
+        self.mark_seq = itertools.count()
+        self.span_close_seq = itertools.count()
+        self.span_id_seq = itertools.count(1)
+        self.number = number
+        # 128-bit ids: 64-bit per-process random prefix, then thread number and counter.
+        self.span_base = (prefix << 64) | (number << 40)
+        self.thread = threading.current_thread()
+        self.thread_id = threading.get_ident()
+        self.last_mark_seq = -1
+        self.last_span_seq = -1
+        self.depth_drops = 0
+        self.bad_values = 0
+
+    def mark_id(self, seq: int, prefix: int) -> int:
+        return (prefix << 64) | (1 << 63) | (self.number << 40) | seq
+
+
+class Scope:
+    """A timed span: a context manager, a decorator, and the node of the scope tree.
+
+    >>> import cirron as ci
+    >>> with ci.scope("eval", index=0, split="val"):
+    ...     pass
+    """
+
+    # ``rec`` is a class attribute: each Recorder makes a subclass bound to itself.
+    __slots__ = ("_r", "attrs", "depth", "id", "index", "name", "parent", "start", "tb")
+    rec: Recorder
+
+    def __init__(self, name: str, index: int | None = None, **attrs: Any) -> None:
+        self.name = name
+        self.index = index
+        self.attrs = attrs
+        self.tb: ThreadBuffer | None = None
+
+    # Hot path: written for speed, not for reading.
+    def __enter__(self) -> Scope:
+        r = self._r = self.rec
+        try:
+            tb = r.tls.tb
+        except AttributeError:
+            tb = r.new_buffer()
+        cur = r.cur
+        p = cur.get()
+        if p is None:
+            self.depth = 1
+        else:
+            if p.tb is None:
+                p = r.live_parent(p)
+            d = self.depth = p.depth + 1 if p is not None else 1
+            if d > MAX_DEPTH:
+                tb.depth_drops += 1
+                if tb.depth_drops == 1:
+                    r.warn_once(
+                        "depth",
+                        f"cirron: scope {self.name!r} is deeper than {MAX_DEPTH}"
+                        " levels; it is not recorded (the block still runs).",
+                    )
+                return self
+        self.parent = p
+        self.id = tb.span_base + next(tb.span_id_seq)
+        self.tb = tb
+        cur.set(self)
+        self.start = perf_counter_ns()
+        return self
+
+    def __exit__(self, et: Any, ev: Any, _tb: Any) -> bool:
+        end = perf_counter_ns()
+        tb = self.tb
+        if tb is None:
+            return False
+        self.tb = None
+        r = self._r
+        p = self.parent
+        cur = r.cur
+        c = cur.get()
+        if c is not self:
+            r.unwind(self, c)
+        else:
+            cur.set(p)
+        tb.spans.append(
+            (
+                self.id,
+                p.id if p is not None else r.root_id,
+                self.name,
+                self.index,
+                self.start,
+                end,
+                self.attrs,
+                et,
+                next(tb.span_close_seq),
+            )
+        )
+        return False
+
+    def close(self, end_ns: int | None = None) -> None:
+        """Close the span outside a ``with`` block (framework hooks use this)."""
+        tb = self.tb
+        if tb is None:
+            return
+        self.tb = None
+        r = self._r
+        p = self.parent
+        c = r.cur.get()
+        if c is self:
+            r.cur.set(p)
+        elif c is not None:
+            r.unwind(self, c)
+        end = perf_counter_ns() if end_ns is None else end_ns
+        tb = r.buffer()  # the closing thread's buffer: sequence numbers stay single-writer
+        tb.spans.append(
+            (
+                self.id,
+                p.id if p is not None else r.root_id,
+                self.name,
+                self.index,
+                self.start,
+                end,
+                self.attrs,
+                None,
+                next(tb.span_close_seq),
+            )
+        )
+
+    @property
+    def open(self) -> bool:
+        return self.tb is not None
+
+    @property
+    def span_id(self) -> str | None:
+        """The span's 32-hex id once entered (None if it was dropped)."""
+        return format(self.id, "032x") if hasattr(self, "id") else None
+
+    def __call__(self, fn: Callable[..., T]) -> Callable[..., T]:
+        """Use the scope as a decorator: every call runs in a fresh span of this name."""
+        name, index, attrs, cls = self.name, self.index, self.attrs, type(self)
+
+        @wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> T:
+            with cls(name, index, **attrs):
+                return fn(*args, **kwargs)
+
+        return wrapper
+
+    def __repr__(self) -> str:
+        state = "open" if self.tb is not None else "closed"
+        return f"<cirron.Scope {self.name!r} index={self.index} {state}>"
+
+
+class Recorder:
+    """Per-instance recording state: the scope stack, per-thread buffers, drop counters.
+
+    One per :class:`cirron.Cirron`. ``Recorder.Scope`` is a :class:`Scope` subclass bound to it.
+    """
+
+    def __init__(self) -> None:
+        self.cur: contextvars.ContextVar[Scope | None] = contextvars.ContextVar(
+            "cirron_scope", default=None
+        )
+        self.Scope: type[Scope] = type("Scope", (Scope,), {"__slots__": (), "rec": self})
+        self.enabled = True
+        self._reset_process_state()
+        self.root_id: int | None = None  # the open session span's id, else marks say "root"
+        # Structural spans (session, epochs) the flusher writes provisionally while open.
+        self.structural: dict[int, Scope] = {}
+        self.epoch_listeners: list[Callable[[Scope], None]] = []
+        self.on_new_buffer: Callable[[], None] | None = None
+        self.wake: Callable[[], None] = _noop
+        self.owners = {"epoch": 0, "batch": 0}  # >0 while an explicit owner is active
+        self.snapshots: deque[dict[str, Any]] = deque()
+        self._warned: set[str] = set()
+        self.internal_errors = 0
+        self.last_internal_error: str | None = None
+
+    def _reset_process_state(self) -> None:
+        self.prefix = random.SystemRandom().getrandbits(64) | 1
+        self.tls = threading.local()
+        self.buffers: list[ThreadBuffer] = []
+        self._buffer_numbers = itertools.count(1)
+        self._buffers_lock = threading.Lock()
+        self.pid = os.getpid()
+
+    def enable(self) -> None:
+        """Record for real (the default)."""
+        if not self.enabled:
+            self.enabled = True
+            self._reset_process_state()
+
+    def disable(self) -> None:
+        """``profile(enabled=False)``: every buffer keeps nothing, at no cost per call."""
+        self.enabled = False
+        for tb in self.buffers:
+            tb.marks = deque(maxlen=0)
+            tb.spans = deque(maxlen=0)
+
+    def reset_session(self) -> None:
+        """After shutdown: forget the session; keep ids and buffers (they are drained)."""
+        self.root_id = None
+        self.structural.clear()
+        self.epoch_listeners.clear()
+        self.owners = {"epoch": 0, "batch": 0}
+        self.on_new_buffer = None
+        self.wake = _noop
+
+    def after_fork_in_child(self) -> None:
+        """A forked child starts with empty buffers and its own id prefix."""
+        self._reset_process_state()
+        self.snapshots = deque()
+
+    # -- slow paths called from the hot path ------------------------------------------------
+
+    def new_buffer(self) -> ThreadBuffer:
+        with self._buffers_lock:
+            tb = ThreadBuffer(next(self._buffer_numbers), self.prefix)
+            if not self.enabled:
+                tb.marks = deque(maxlen=0)
+                tb.spans = deque(maxlen=0)
+            self.buffers.append(tb)
+        self.tls.tb = tb
+        hook = self.on_new_buffer
+        if hook is not None:
+            hook()
+        return tb
+
+    def buffer(self) -> ThreadBuffer:
+        try:
+            tb: ThreadBuffer = self.tls.tb
+        except AttributeError:
+            tb = self.new_buffer()
+        return tb
+
+    def live_parent(self, p: Scope | None) -> Scope | None:
+        """Skip frames that were closed under us (out-of-order close, another thread)."""
+        while p is not None and p.tb is None:
+            p = p.parent
+        return p
+
+    def unwind(self, closing: Scope, current: Scope | None) -> None:
+        """``closing`` is not innermost: close what is open above it, then pop it."""
+        above: list[Scope] = []
+        f = current
+        while f is not None and f is not closing:
+            above.append(f)
+            f = f.parent
+        if f is None:  # not on this context's stack (closed from another thread/task)
+            return
+        for frame in above:
+            if frame.tb is not None:
+                frame.attrs["closed_by_parent"] = True
+                frame.close()
+        self.cur.set(closing.parent)
+
+    def warn_once(self, key: str, message: str) -> None:
+        if key in self._warned:
+            return
+        self._warned.add(key)
+        warnings.warn(message, CirronWarning, stacklevel=3)
+
+    def bad_value(self, name: str, value: Any, what: str = "value") -> None:
+        self.buffer().bad_values += 1
+        if what == "value":
+            msg = (
+                f"cirron: mark({name!r}, <{type(value).__name__}>) was not recorded: a mark "
+                "takes an int, float, bool, str, numpy scalar or 0-d tensor."
+            )
+        elif what == "kind":
+            msg = (
+                f"cirron: mark({name!r}, ..., kind={value!r}) was not recorded: kind is "
+                "'point' or 'summary'."
+            )
+        else:
+            msg = f"cirron: mark(name={value!r}) was not recorded: the name must be a str."
+        self.warn_once(
+            "bad_value",
+            msg + " Further bad marks are counted in "
+            "ci.health()['drops']['bad_mark_values'] without warning.",
+        )
+
+    # -- the hot path -----------------------------------------------------------------------
+
+    def mark(self, name: str, value: Any, *, kind: str = "point", **attrs: Any) -> None:
+        """Record one named value against the innermost open scope. Never raises.
+
+        ``value``: int, float, bool, str (capped at 256 bytes), a numpy scalar or a 0-d tensor
+        (converted later, off the training thread). ``kind``: ``"point"`` (a time series while
+        the span is open) or ``"summary"`` (the span's final value).
+
+        >>> import cirron as ci
+        >>> ci.mark("loss", 0.25)
+        >>> ci.mark("accuracy", 0.91, kind="summary", split="val")
+        """
+        # Hot path: written for speed. ``ci.mark`` is this very method of the default recorder.
+        try:
+            tb = self.tls.tb
+        except AttributeError:
+            tb = self.new_buffer()
+        if type(value) not in _PLAIN:
+            coerced = _coerce_unusual(value)
+            if coerced is _BAD:
+                self.bad_value(name, value)
+                return
+            value = coerced
+        if kind != "point" and kind != "summary":
+            self.bad_value(name, kind, what="kind")
+            return
+        if type(name) is not str:
+            self.bad_value(repr(name), name, what="name")
+            return
+        f = self.cur.get()
+        n = next(tb.mark_seq)
+        tb.marks.append(
+            (
+                n,
+                perf_counter_ns(),
+                f.id if f is not None and f.tb is not None else self._mark_target(f),
+                name,
+                value,
+                kind,
+                attrs,
+            )
+        )
+        if not n & _WAKE_MASK and n:
+            self.wake()
+
+    def _mark_target(self, f: Scope | None) -> int | None:
+        f = self.live_parent(f)
+        return f.id if f is not None else self.root_id
+
+    # -- primitives for loop wrappers and framework adapters ----------------------------------
+
+    def open(
+        self,
+        name: str,
+        index: int | None = None,
+        attrs: dict[str, Any] | None = None,
+        *,
+        structural: bool = False,
+    ) -> Scope:
+        """Open a span as the innermost scope of the calling context and return it.
+
+        Close it with ``scope.close()``. ``structural`` spans (epochs) are also written
+        provisionally while open, so a crash still leaves them in the spool.
+        """
+        s = self.Scope(name, index, **(attrs or {}))
+        s.__enter__()
+        if structural and s.tb is not None:
+            self.structural[s.id] = s
+        return s
+
+    def close(self, scope: Scope, end_ns: int | None = None) -> None:
+        scope.close(end_ns)
+        self.structural.pop(getattr(scope, "id", 0), None)
+        if scope.name == "epoch" and hasattr(scope, "id"):
+            self.fire_epoch_end(scope)
+
+    def fire_epoch_end(self, scope: Scope) -> None:
+        for listener in list(self.epoch_listeners):
+            try:
+                listener(scope)
+            except Exception as exc:  # a listener's fault is ours, never the user's
+                self.internal_error("epoch listener", exc)
+
+    def span(
+        self,
+        name: str,
+        start_ns: int,
+        end_ns: int,
+        *,
+        parent: Scope | None = None,
+        index: int | None = None,
+        attrs: dict[str, Any] | None = None,
+    ) -> int:
+        """Record a span that already happened (timed by the caller) and return its id."""
+        try:
+            tb = self.tls.tb
+        except AttributeError:
+            tb = self.new_buffer()
+        if parent is None:
+            parent = self.live_parent(self.cur.get())
+        sid = tb.span_base + next(tb.span_id_seq)
+        tb.spans.append(
+            (
+                sid,
+                parent.id if parent is not None else self.root_id,
+                name,
+                index,
+                start_ns,
+                end_ns,
+                attrs if attrs is not None else {},
+                None,
+                next(tb.span_close_seq),
+            )
+        )
+        return sid
+
+    def new_batch_id(self) -> str:
+        """A random 32-hex batch id (UUID4-sized; flusher thread only)."""
+        return os.urandom(16).hex()
+
+    def open_root(self, name: str, attrs: dict[str, Any]) -> Scope:
+        """Open the session span: a root that is not pushed on any context's stack, so every
+        thread and task without an open scope attaches to it."""
+        s = self.Scope(name, None, **attrs)
+        try:
+            tb = self.tls.tb
+        except AttributeError:
+            tb = self.new_buffer()
+        s._r = self
+        s.parent = None
+        s.depth = 0
+        s.id = tb.span_base + next(tb.span_id_seq)
+        s.tb = tb
+        s.start = perf_counter_ns()
+        self.root_id = s.id
+        self.structural[s.id] = s
+        return s
+
+    def close_root(self, s: Scope, attrs: dict[str, Any]) -> None:
+        tb = s.tb
+        if tb is None:
+            return
+        s.tb = None
+        tb = self.buffer()
+        s.attrs.update(attrs)
+        self.structural.pop(s.id, None)
+        if self.root_id == s.id:
+            self.root_id = None
+        tb.spans.append(
+            (
+                s.id,
+                None,
+                s.name,
+                None,
+                s.start,
+                perf_counter_ns(),
+                s.attrs,
+                None,
+                next(tb.span_close_seq),
+            )
+        )
+
+    def current(self) -> Scope | None:
+        return self.live_parent(self.cur.get())
+
+    def new_id(self) -> str:
+        """A fresh 32-hex id (for snapshot records and the like; not for the hot path)."""
+        try:
+            tb = self.tls.tb
+        except AttributeError:
+            tb = self.new_buffer()
+        return format(tb.span_base + next(tb.span_id_seq), "032x")
+
+    def epochs(self, iterable: Iterable[T]) -> Iterator[T]:
+        """Yield ``iterable``'s items, each inside an ``epoch`` span indexed from 0."""
+        self.owners["epoch"] += 1
+        scope: Scope | None = None
+        try:
+            for i, item in enumerate(iterable):
+                if scope is not None:
+                    self.close(scope)
+                scope = self.open("epoch", i, structural=True)
+                yield item
+        finally:
+            self.owners["epoch"] -= 1
+            if scope is not None:
+                self.close(scope)
+
+    def batches(self, iterable: Iterable[T]) -> Iterator[T]:
+        """Yield ``iterable``'s items, each inside a ``batch`` span indexed from 0.
+
+        The span covers fetching the item and the loop body; the fetch time is stored as the
+        ``data_load_ns`` attribute (a DataLoader also gets a ``data_load`` child span).
+        """
+        # Hot path: one iteration must stay well under a microsecond.
+        it = iter(iterable)
+        owners = self.owners
+        owners["batch"] += 1
+        cls = self.Scope
+        i = 0
+        s: Scope | None = None
+        try:
+            while True:
+                s = cls("batch", i)
+                s.__enter__()
+                try:
+                    t0 = perf_counter_ns()
+                    item = next(it)
+                except StopIteration:
+                    s.tb = None  # the fetch found nothing: this batch never existed
+                    if self.cur.get() is s:
+                        self.cur.set(s.parent)
+                    s = None
+                    return
+                s.attrs["data_load_ns"] = perf_counter_ns() - t0
+                yield item
+                s.__exit__(None, None, None)
+                s = None
+                i += 1
+        finally:
+            owners["batch"] -= 1
+            if s is not None:  # break, exception or close() inside the body
+                s.__exit__(None, None, None)
+
+    # -- faults --------------------------------------------------------------------------------
+
+    def internal_error(self, where: str, exc: BaseException) -> None:
+        """Count a fault of cirron's own and warn once. Never raises."""
+        from cirron.core.errors import CirronInternalWarning
+
+        self.internal_errors += 1
+        self.last_internal_error = f"{where}: {type(exc).__name__}: {exc}"
+        if "internal" not in self._warned:
+            self._warned.add("internal")
+            warnings.warn(
+                f"cirron caught an internal error ({self.last_internal_error}); "
+                "recording continues. See ci.health().",
+                CirronInternalWarning,
+                stacklevel=2,
+            )
+
+
+def _noop() -> None:
+    return None

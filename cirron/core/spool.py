@@ -1,0 +1,199 @@
+"""The local spool: one JSON batch per file, written atomically, capped in size.
+
+Layout (``output_dir`` defaults to ``./.cirron``)::
+
+    <output_dir>/spool/<created_ns:020d>-<batch_id>.json
+    <output_dir>/snapshots/<epoch span id>/weights.safetensors, gradients.safetensors
+
+A batch is written to ``<name>.json.tmp`` and renamed with :func:`os.replace`, so a reader (or a
+process killed mid-write) never sees a partial ``.json``. Stale ``.json.tmp`` files are swept
+at start. When the directory passes ``max_bytes`` the oldest batches are evicted and counted.
+A vanished directory is recreated; a full disk or an unwritable directory is counted and
+reported through the returned status, never raised.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["BATCH_NAME", "Spool", "SpoolStats", "batch_file_name", "encode_batch"]
+
+BATCH_NAME = re.compile(r"^(\d{20})-([0-9a-f]{32})\.json$")
+# Records per json.dumps call: keeps each C call (which holds the GIL) well under a millisecond.
+_CHUNK = 256
+
+
+def batch_file_name(created_ns: int, batch_id: str) -> str:
+    return f"{created_ns:020d}-{batch_id}.json"
+
+
+def _dump_list(items: list[dict[str, Any]]) -> Iterator[str]:
+    for i in range(0, len(items), _CHUNK):
+        chunk = json.dumps(items[i : i + _CHUNK], separators=(",", ":"), allow_nan=False)
+        yield chunk[1:-1]
+
+
+def encode_batch(batch: dict[str, Any]) -> str:
+    """Serialise a batch in chunks, so the flusher never holds the GIL for long."""
+    head = json.dumps(
+        {k: v for k, v in batch.items() if k not in ("spans", "marks", "snapshots")},
+        separators=(",", ":"),
+    )
+    parts = [head[:-1]]
+    for key in ("spans", "marks", "snapshots"):
+        body = ",".join(c for c in _dump_list(batch[key]) if c)
+        parts.append(f',"{key}":[{body}]')
+    parts.append("}")
+    return "".join(parts)
+
+
+@dataclass
+class SpoolStats:
+    files: int = 0
+    bytes: int = 0
+    evicted_files: int = 0
+    write_failures: int = 0
+    recreated_dirs: int = 0
+    last_error: str | None = None
+
+
+class Spool:
+    """Writes batches under ``root/spool`` and blobs under ``root/snapshots``."""
+
+    def __init__(self, root: Path, max_bytes: int) -> None:
+        self.root = root
+        self.dir = root / "spool"
+        self.snapshots_dir = root / "snapshots"
+        self.max_bytes = max_bytes
+        self.stats = SpoolStats()
+        self._files: deque[tuple[str, int]] = deque()  # oldest first
+        self._scanned = False
+
+    def open(self) -> None:
+        """Create the directory, sweep stale temp files, and learn what is already there."""
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self._scan()
+        except OSError as exc:
+            self._fail(exc)
+
+    def _scan(self) -> None:
+        entries: list[tuple[str, int]] = []
+        with os.scandir(self.dir) as it:
+            for e in it:
+                if e.name.endswith(".json.tmp"):
+                    try:
+                        os.unlink(e.path)
+                    except OSError:
+                        pass
+                elif BATCH_NAME.match(e.name):
+                    try:
+                        entries.append((e.name, e.stat().st_size))
+                    except OSError:
+                        pass
+        entries.sort()
+        self._files = deque(entries)
+        self.stats.files = len(entries)
+        self.stats.bytes = sum(size for _, size in entries)
+        self._scanned = True
+
+    def write(self, name: str, text: str) -> Path | None:
+        """Atomically write one batch file; returns its path, or None if it could not be."""
+        data = text.encode("utf-8")
+        self._make_room(len(data))
+        path = self.dir / name
+        for attempt in (0, 1):
+            try:
+                self._write_atomic(path, data)
+                break
+            except FileNotFoundError as exc:  # directory deleted under us: recreate once
+                if attempt:
+                    self._fail(exc)
+                    return None
+                self._recreate()
+            except OSError as exc:
+                self._fail(exc)
+                return None
+        self._files.append((name, len(data)))
+        self.stats.files += 1
+        self.stats.bytes += len(data)
+        return path
+
+    def _write_atomic(self, path: Path, data: bytes) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                view = memoryview(data)
+                while view:
+                    n = os.write(fd, view)
+                    view = view[n:]
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+
+    def _recreate(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.stats.recreated_dirs += 1
+        self._files.clear()
+        self.stats.files = 0
+        self.stats.bytes = 0
+
+    def _make_room(self, incoming: int) -> None:
+        while self._files and self.stats.bytes + incoming > self.max_bytes:
+            name, size = self._files.popleft()
+            self.stats.files -= 1
+            self.stats.bytes -= size
+            try:
+                os.unlink(self.dir / name)
+                self.stats.evicted_files += 1
+            except FileNotFoundError:
+                pass  # already gone (uploaded and cleared by the CLI, or deleted by hand)
+            except OSError as exc:
+                self.stats.last_error = f"evicting {name}: {exc}"
+
+    def _fail(self, exc: OSError) -> None:
+        self.stats.write_failures += 1
+        reason = {
+            errno.ENOSPC: "disk full",
+            errno.EFBIG: "file size limit reached",
+            errno.EACCES: "permission denied",
+            errno.EROFS: "read-only file system",
+            errno.EDQUOT: "disk quota exceeded",
+        }.get(exc.errno or 0, exc.strerror or "")
+        self.stats.last_error = f"{reason}: {exc.filename or self.dir}"
+
+    def write_blob(self, span_id: str, file_name: str, data: bytes) -> Path | None:
+        """Write a snapshot blob atomically under ``snapshots/<span_id>/``."""
+        d = self.snapshots_dir / span_id
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            path = d / file_name
+            self._write_atomic(path, data)
+            return path
+        except OSError as exc:
+            self._fail(exc)
+            return None
+
+    def file_names(self) -> list[str]:
+        return [name for name, _ in self._files]
+
+
+def read_batch(path: Path) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as f:
+        data: dict[str, Any] = json.load(f)
+    return data
