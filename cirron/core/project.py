@@ -233,7 +233,10 @@ class _Models:
 def _models() -> _Models:
     """Build the pydantic models on first use, so ``import cirron`` never imports pydantic."""
 
+    from typing import Annotated
+
     from pydantic import (
+        AfterValidator,
         BaseModel,
         ConfigDict,
         Field,
@@ -285,7 +288,9 @@ def _models() -> _Models:
         profiling: ProfilingConfig = Field(default_factory=ProfilingConfig)
         serving_config: ServingConfig | None = Field(default=None, alias="servingConfig")
         env: dict[str, str] = Field(default_factory=dict)
-        secrets: list[str] = Field(default_factory=list)
+        secrets: list[Annotated[str, AfterValidator(check_secret_name)]] = Field(
+            default_factory=list
+        )
         data: dict[str, Any] = Field(default_factory=dict)
 
         _path: Path | None = PrivateAttr(default=None)
@@ -325,13 +330,6 @@ def _models() -> _Models:
             if not isinstance(value, dict):
                 return value
             return {key: _env_text(item) for key, item in value.items()}
-
-        @field_validator("secrets")
-        @classmethod
-        def _secret_names(cls, names: list[str]) -> list[str]:
-            for name in names:
-                check_secret_name(name)
-            return names
 
         def __eq__(self, other: object) -> bool:
             # Equal content is an equal project, whichever file (YAML or JSON) it came from.
