@@ -170,8 +170,9 @@ class EventStreamTransport:
 
     Lines are written by a writer thread, each with a single ``write()`` under a process-wide
     lock and followed by ``flush()``. When stdout is a regular file (``python train.py > log``)
-    the writer reads the file's last byte and starts with ``\\n`` if the user left a line
-    unterminated; on a pipe or terminal that cannot be known, and the line is written as is.
+    the writer reads the file's last byte (through ``/proc/self/fd`` when stdout is write-only)
+    and starts with ``\\n`` if the user left a line unterminated; on a pipe or terminal that
+    cannot be known, and the line is written as is.
     """
 
     name = "event_stream"
@@ -266,9 +267,20 @@ def _ends_mid_line(stream: TextIO) -> bool:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_size == 0:
             return False
-        return os.pread(fd, 1, st.st_size - 1) != b"\n"
+        return _last_byte(fd, st.st_size) not in (b"\n", b"")
     except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
         return False
+
+
+def _last_byte(fd: int, size: int) -> bytes:
+    try:
+        return os.pread(fd, 1, size - 1)
+    except OSError:  # opened write-only, as a shell's `> log` does: read it through /proc
+        reader = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY)
+        try:
+            return os.pread(reader, 1, size - 1)
+        finally:
+            os.close(reader)
 
 
 def _start_thread(target: Any, name: str, health: dict[str, Any]) -> threading.Thread | None:
