@@ -61,6 +61,7 @@ def fmt_duration(ns: float) -> str:
 def _sig3(v: float) -> str:
     if v == 0:
         return "0"
+    v = float(f"{v:.3g}")  # round first, so 999.7 becomes 1000 and not "1000" with 0 decimals
     decimals = max(0, 2 - math.floor(math.log10(abs(v))))
     return f"{v:.{decimals}f}"
 
@@ -126,7 +127,9 @@ def select(
             picked = [i for i in picked if _name_matches(data.spans[i]["name"], name)]
         if last is not None:
             closed = [i for i in picked if not data.is_open(i)]
-            closed.sort(key=lambda i: (data.spans[i]["end_ns"], data.spans[i]["start_ns"]))
+            closed.sort(
+                key=lambda i: (data.spans[i]["end_ns"], -data.spans[i]["start_ns"])
+            )  # outer last
             picked = closed[-last:] if last > 0 else []
         chosen = set(picked)
         roots = [i for i in picked if not _has_ancestor_in(data, i, chosen)]

@@ -82,13 +82,13 @@ def snapshot(
 def write_batch(
     spool: Path, spans: list[dict[str, Any]], marks: list[dict[str, Any]] = (),  # type: ignore[assignment]
     snapshots: list[dict[str, Any]] = (), *, created_ns: int, batch_id: str | None = None,  # type: ignore[assignment]
-    **extra: Any,
+    validate: bool = True, **extra: Any,
 ) -> Path:  # fmt: skip
     """Write one schema-valid batch file (validated before it is written)."""
     batch_id = batch_id or format(random.Random(created_ns).getrandbits(128), "032x")
     batch = {"schema_version": 1, "sdk_version": SDK, "batch_id": batch_id, "created_ns": created_ns,
              "spans": list(spans), "marks": list(marks), "snapshots": list(snapshots), **extra}  # fmt: skip
-    if batch["schema_version"] == 1:
+    if validate and batch["schema_version"] == 1:
         validate_batch(batch)
     spool.mkdir(parents=True, exist_ok=True)
     path = spool / f"{created_ns:020d}-{batch_id}.json"
@@ -116,11 +116,13 @@ def write_training_run(
     rank: int = 0, world_size: int = 1, run_id: str | None = None, name: str = "demo",
     version: str = "0.1.0", status: str | None = "finished", pid: int = 4242, per_file: int = 200,
     validation: bool = True, snapshots: bool = True, nan_at: tuple[int, int] | None = (0, 5),
+    validate: bool = True,
 ) -> Run:  # fmt: skip
     """A whole session in ``root/spool`` (and blobs in ``root/snapshots``).
 
     ``status=None`` is a kill -9: the last records never reach the spool and the session exists
-    only as a provisional record.
+    only as a provisional record. ``validate=False`` skips the per-batch schema check (for big
+    spools written outside the test's own directory; the same generator is checked elsewhere).
     """
     rng = random.Random(seed)
     ids = Ids(seed * 7919 + rank + 1)
@@ -204,7 +206,7 @@ def write_training_run(
                 (blob_dir / "weights.safetensors").write_bytes(
                     b"\x08\x00\x00\x00\x00\x00\x00\x00{}      "
                 )
-                blob = (blob_dir / "weights.safetensors").as_uri()
+                blob = (blob_dir / "weights.safetensors").resolve().as_uri()
             for i, tensor in enumerate(("fc1.weight", "fc1.bias", "fc1.weight.grad")):
                 recs.append(
                     (
@@ -240,13 +242,21 @@ def write_training_run(
                        pid=pid, attrs={**session_attrs, "status": status or "finished"})  # fmt: skip
     if status is not None:
         add_span(session_rec)
-    run.files = _seal(root / "spool", recs, opens, session_rec, per_file, crashed=status is None)
+    run.files = _seal(
+        root / "spool",
+        recs,
+        opens,
+        session_rec,
+        per_file,
+        crashed=status is None,
+        validate=validate,
+    )
     return run
 
 
 def _seal(
     spool: Path, recs: list[tuple[int, str, dict[str, Any]]], opens: list[tuple[int, dict[str, Any]]],
-    session_rec: dict[str, Any], per_file: int, *, crashed: bool,
+    session_rec: dict[str, Any], per_file: int, *, crashed: bool, validate: bool = True,
 ) -> list[Path]:  # fmt: skip
     """Cut records into batches in close-time order; each batch re-writes what is still open."""
     recs.sort(key=lambda r: (r[0], r[1] != "span"))
@@ -263,7 +273,7 @@ def _seal(
                 attrs = {k: v for k, v in rec["attrs"].items() if k != "status"}
                 spans.append({**rec, "end_ns": seal, "attrs": {**attrs, "open": True}})
         files.append(write_batch(spool, spans, [r for _, k, r in chunk if k == "mark"],
-                                 [r for _, k, r in chunk if k == "snapshot"], created_ns=seal))  # fmt: skip
+                                 [r for _, k, r in chunk if k == "snapshot"], created_ns=seal, validate=validate))  # fmt: skip
     return files
 
 
