@@ -357,6 +357,13 @@ def test_replace_validates_and_marks_argument(monkeypatch: pytest.MonkeyPatch) -
         s.replace(snapshot="full")
 
 
+def test_replace_from_records_the_given_source() -> None:
+    s = resolve_settings().replace_from("/work/cirron.yaml profiling", sample_rate=0.4)
+    assert (s.sample_rate, s.source("sample_rate")) == (0.4, "/work/cirron.yaml profiling")
+    with pytest.raises(CirronConfigError, match=r"from /work/cirron.yaml profiling"):
+        resolve_settings().replace_from("/work/cirron.yaml profiling", sample_rate=9)
+
+
 def test_direct_construction_takes_explicit_values_only(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CIRRON_SAMPLE_RATE", "0.9")
     s = Settings(flush_interval=4)

@@ -283,10 +283,19 @@ class Settings:
         >>> Settings().replace(sample_rate="0.2", snapshots=None).sample_rate
         0.2
         """
+        return self.replace_from(SOURCE_ARGUMENT, **overrides)
+
+    def replace_from(self, source: str, /, **overrides: Any) -> Settings:
+        """Like :meth:`replace`, recording ``source`` (words, e.g. ``"cirron.yaml profiling"``)
+        as where the overridden values came from; errors name it too.
+
+        >>> Settings().replace_from("cirron.yaml profiling", snapshots="full").source("snapshots")
+        'cirron.yaml profiling'
+        """
         given = {k: v for k, v in _check_names(overrides).items() if v is not None}
         current = {name: (self._values[name], self._sources[name]) for name in _KEYS}
         copy = Settings.__new__(Settings)
-        copy._fill(_parse_given(given, dict.fromkeys(given, SOURCE_ARGUMENT)), current)
+        copy._fill(_parse_given(given, dict.fromkeys(given, source)), current)
         return copy
 
     def as_rows(self) -> list[tuple[str, str, str]]:
