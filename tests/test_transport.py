@@ -626,3 +626,31 @@ def test_an_https_proxy_variable_is_honoured(
     assert wait_until(lambda: len(server.requests) >= 1, timeout=5)
     transport.close(0.5)
     assert server.requests[0].path.startswith("http://localhost:9")
+
+
+def test_a_forked_child_uploads_with_its_own_thread_and_connections(
+    server: IngestServer, spool: Path
+) -> None:
+    import os
+
+    transport = http(server, spool)
+    transport.start()
+    parent_batch = make_batch()
+    transport.on_batch(write_batch(spool, parent_batch), parent_batch)
+    assert server.wait_for(1)
+    child_batch = make_batch()
+    pid = os.fork()
+    if pid == 0:  # the child: never return into pytest
+        code = 1
+        try:
+            transport.after_fork_in_child()
+            transport.start()
+            transport.on_batch(write_batch(spool, child_batch), child_batch)
+            transport.close(5.0)
+            code = 0 if transport.health()["batches_sent"] >= 1 else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    transport.close(1.0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert set(server.batches) == {parent_batch["batch_id"], child_batch["batch_id"]}

@@ -52,6 +52,10 @@ class Ledger:
     def __repr__(self) -> str:
         return f"Ledger({str(self.path)!r}, {len(self._ids)} ids)"
 
+    def after_fork_in_child(self) -> None:
+        """A fresh lock: another thread of the parent may have held this one at ``fork()``."""
+        self._lock = threading.Lock()
+
     def sent_ids(self) -> frozenset[str]:
         """Every id recorded so far, re-reading what other writers appended."""
         with self._lock:

@@ -50,6 +50,14 @@ logger = logging.getLogger("cirron")
 
 BATCH_NAME = re.compile(r"^\d{20}-[0-9a-f]{32}\.json$")
 _STDOUT_LOCK = threading.Lock()  # shared by every event-stream transport in the process
+
+
+def _reset_stdout_lock() -> None:  # a writer thread may have held it when the process forked
+    global _STDOUT_LOCK
+    _STDOUT_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_stdout_lock)
 _MAX_MEMORY_BATCHES = 1000  # batches held in memory when the spool sink is off
 
 
@@ -219,6 +227,12 @@ class EventStreamTransport:
         """Counters; ``batches_pending`` counts events not yet written."""
         return dict(self._health, batches_pending=len(self._queue))
 
+    def after_fork_in_child(self) -> None:
+        """In a forked child: a fresh lock and queue; call ``start()`` again to write."""
+        self._wake = threading.Condition()
+        self._queue = deque()
+        self._thread, self._closing = None, False
+
     def _put(self, event: str, payload: dict[str, Any]) -> None:
         with self._wake:
             if self._closing:
@@ -371,12 +385,9 @@ class HttpTransport:
         try:
             if path is not None:
                 self._enqueue(_Item(path.name, path, None))
-            elif self._in_memory < _MAX_MEMORY_BATCHES:
-                name = f"{batch['created_ns']:020d}-{batch['batch_id']}.json"
-                self._in_memory += 1
-                self._enqueue(_Item(name, None, batch))
             else:
-                self._health["batches_dropped"] += 1
+                name = f"{batch['created_ns']:020d}-{batch['batch_id']}.json"
+                self._enqueue(_Item(name, None, batch))
         except (KeyError, TypeError, ValueError) as exc:
             self._health["last_error"] = f"malformed batch handed to the transport: {exc}"
 
@@ -401,12 +412,26 @@ class HttpTransport:
         """Counters of this process's uploads."""
         return dict(self._health, batches_pending=len(self._heap))
 
+    def after_fork_in_child(self) -> None:
+        """In a forked child: fresh lock, connections and queue; the parent keeps uploading
+        what it had queued. Call ``start()`` again to upload from the child."""
+        self._wake = threading.Condition()
+        self._heap, self._queued, self._in_memory = [], set(), 0
+        self._thread, self._closing, self._deadline = None, False, float("inf")
+        self.ledger.after_fork_in_child()
+        self._uploader.after_fork_in_child()
+
     # -- the sender thread -------------------------------------------------------------------
 
     def _enqueue(self, item: _Item) -> None:
         with self._wake:
             if item.name in self._queued:
                 return
+            if item.batch is not None:
+                if self._in_memory >= _MAX_MEMORY_BATCHES:
+                    self._health["batches_dropped"] += 1
+                    return
+                self._in_memory += 1
             self._queued.add(item.name)
             heapq.heappush(self._heap, item)
             self._wake.notify()
@@ -420,6 +445,11 @@ class HttpTransport:
         for name in names:
             if name[21:53] not in sent:
                 self._enqueue(_Item(name, self.spool_dir / name, None))
+        if len(sent) > 2 * len(names) + 1000:  # ids of long-evicted batches: forget them
+            try:
+                self.ledger.compact(name[21:53] for name in names)
+            except OSError:
+                pass
 
     def _run(self) -> None:
         try:

@@ -190,9 +190,8 @@ class Uploader:
             return text.replace(api_key, "***") if api_key else text
 
         self._scrub = scrub
-        self._session = requests.Session()  # honours HTTP(S)_PROXY, NO_PROXY, REQUESTS_CA_BUNDLE
-        self._session.auth = _BearerAuth(api_key)
-        self._session.verify = _ca_bundle()
+        self._auth = _BearerAuth(api_key)
+        self._session = self._new_session()
         self._blob_locations: dict[str, str] = {}  # local file path -> uploaded location
 
     def __repr__(self) -> str:
@@ -201,6 +200,16 @@ class Uploader:
     def close(self) -> None:
         """Release the connection pool."""
         self._session.close()
+
+    def after_fork_in_child(self) -> None:
+        """Drop the connection pool inherited from the parent (its sockets are the parent's)."""
+        self._session = self._new_session()
+
+    def _new_session(self) -> requests.Session:
+        session = requests.Session()  # honours HTTP(S)_PROXY, NO_PROXY, REQUESTS_CA_BUNDLE
+        session.auth = self._auth
+        session.verify = _ca_bundle()
+        return session
 
     def upload_file(self, path: Path) -> Outcome:
         """Upload the batch stored at ``path`` unless the ledger already has it."""
