@@ -301,7 +301,8 @@ class Cirron:
         if "spool" in p.outputs:
             p.spool = Spool(root, settings.spool_max_bytes)
             p.spool.open()
-        p.sealer = Sealer(rec, rank=ctx.rank, session_id=lambda: rec.root_id)
+        p.sealer = Sealer(rec, rank=ctx.rank,
+                          session_id=lambda: p.session.id if p.session is not None else None)
         p.flusher = Flusher(rec, p.sealer, interval=settings.flush_interval, spool=p.spool,
                             outputs=p.outputs, sink=p.transport, on_error=rec.internal_error)
         p.session_attrs = self._session_attrs(ctx, p)

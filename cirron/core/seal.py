@@ -241,7 +241,7 @@ class Sealer:
             a["exception"] = getattr(et, "__name__", str(et))
         if provisional:
             a["open"] = True
-            ids = list(self._pending_mark_ids.get(sid, ()))
+            ids = []  # listed once, by the closing record (a session collects many marks)
         else:
             ids = self._pending_mark_ids.pop(sid, [])
             dropped = self._truncated.pop(sid, 0)

@@ -1,0 +1,438 @@
+"""The recording runtime as a user sees it: the tree, marks, drops, sinks and instances."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+import threading
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import cirron as ci
+from cirron.core.errors import CirronConfigError, CirronWarning
+from cirron.core.recorder import MARK_CAPACITY, MAX_DEPTH
+from tests.helpers.run import all_marks, spans_by_name
+from tests.helpers.schema import load_batches
+
+SPOOL = Path(".cirron")
+
+
+def finish() -> list[dict]:
+    ci.shutdown()
+    return load_batches(SPOOL)
+
+
+def by_id(batches: list[dict]) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    for b in batches:
+        for s in b["spans"]:
+            if s["id"] not in out or not s["attrs"].get("open"):
+                out[s["id"]] = s
+    return out
+
+
+def test_epochs_and_batches_build_the_canonical_tree() -> None:
+    ci.profile(frameworks=[])
+    seen = []
+    for epoch in ci.epochs(range(2)):
+        for x in ci.batches(["a", "b", "c"]):
+            seen.append((epoch, x))
+            ci.mark("loss", 0.5)
+    batches = finish()
+    assert seen == [(e, x) for e in range(2) for x in "abc"]
+    spans = spans_by_name(batches)
+    (session,) = spans["cirron.session"]
+    assert session["parent_id"] is None and session["attrs"]["status"] == "finished"
+    epochs = spans["epoch"]
+    assert [e["index"] for e in epochs] == [0, 1]
+    assert all(e["parent_id"] == session["id"] for e in epochs)
+    bs = spans["batch"]
+    assert [b["index"] for b in bs] == [0, 1, 2, 0, 1, 2]
+    assert [b["parent_id"] for b in bs] == [epochs[0]["id"]] * 3 + [epochs[1]["id"]] * 3
+    assert all(isinstance(b["attrs"]["data_load_ns"], int) for b in bs)
+    marks = all_marks(batches)
+    assert len(marks) == 6
+    assert [m["span_id"] for m in marks] == [b["id"] for b in bs]
+    for b in bs:  # every batch lists the mark attached to it
+        assert len(b["mark_ids"]) == 1
+    assert all(s["session_id"] == session["id"] for s in by_id(batches).values())
+    for s in by_id(batches).values():
+        assert s["end_ns"] >= s["start_ns"] > 1_600_000_000 * 10**9  # wall clock ns
+
+
+def test_scope_nesting_attrs_decorator_and_exception() -> None:
+    ci.profile(frameworks=[])
+
+    @ci.scope("helper", kind="decorated")
+    def helper(x: int) -> int:
+        ci.mark("x", x)
+        return x * 2
+
+    with ci.scope("outer", index=3, split="val") as outer:
+        assert helper(2) == 4
+        assert outer.open
+    with pytest.raises(ZeroDivisionError), ci.scope("boom"):
+        1 / 0  # noqa: B018
+    spans = spans_by_name(finish())
+    (o,) = spans["outer"]
+    (h,) = spans["helper"]
+    (boom,) = spans["boom"]
+    assert o["index"] == 3 and o["attrs"] == {"split": "val"}
+    assert h["parent_id"] == o["id"] and h["attrs"] == {"kind": "decorated"}
+    assert boom["attrs"]["exception"] == "ZeroDivisionError"
+
+
+def test_marks_attach_innermost_then_session_then_root(tmp_path: Path) -> None:
+    c = ci.Cirron(output_dir=str(tmp_path / "pre"))
+    c.mark("before", 1)  # no profile() yet: the legacy "root" sentinel
+    c.profile(frameworks=[])
+    c.mark("session_level", 2)
+    with c.scope("s") as s:
+        c.mark("inner", 3)
+    c.shutdown()
+    batches = load_batches(tmp_path / "pre")
+    marks = {m["name"]: m for m in all_marks(batches)}
+    session = spans_by_name(batches)["cirron.session"][0]
+    assert marks["before"]["span_id"] == "root"
+    assert marks["session_level"]["span_id"] == session["id"]
+    assert marks["inner"]["span_id"] == s.span_id
+
+
+def test_mark_value_types_non_finite_and_string_cap() -> None:
+    ci.profile(frameworks=[])
+    ci.mark("i", 3)
+    ci.mark("f", 2.5)
+    ci.mark("b", True)
+    ci.mark("s", "é" * 300)
+    ci.mark("np_f", np.float32(1.5))
+    ci.mark("np_i", np.int64(7))
+    ci.mark("np_b", np.bool_(False))
+    ci.mark("np_0d", np.array(4.0))
+    ci.mark("nan", float("nan"))
+    ci.mark("inf", float("inf"))
+    ci.mark("ninf", -np.float64("inf"))
+    ci.mark("final", 0.9, kind="summary", split="val")
+    marks = {m["name"]: m for m in all_marks(finish())}
+    assert (marks["i"]["value_type"], marks["i"]["value"]) == ("int", 3)
+    assert (marks["f"]["value_type"], marks["f"]["value"]) == ("float", 2.5)
+    assert (marks["b"]["value_type"], marks["b"]["value"]) == ("bool", True)
+    assert marks["s"]["value_type"] == "string"
+    assert len(marks["s"]["value"].encode()) <= 256 and marks["s"]["value"] == "é" * 128
+    assert (marks["np_f"]["value_type"], marks["np_f"]["value"]) == ("float", 1.5)
+    assert (marks["np_i"]["value_type"], marks["np_i"]["value"]) == ("int", 7)
+    assert (marks["np_b"]["value_type"], marks["np_b"]["value"]) == ("bool", False)
+    assert marks["np_0d"]["value"] == 4.0
+    for name, which in (("nan", "nan"), ("inf", "inf"), ("ninf", "-inf")):
+        assert marks[name]["value"] is None and marks[name]["attrs"]["non_finite"] == which
+    assert marks["final"]["kind"] == "summary" and marks["final"]["attrs"] == {"split": "val"}
+    assert marks["i"]["kind"] == "point"
+
+
+def test_bad_mark_values_are_counted_and_warned_once_never_raised() -> None:
+    ci.profile(frameworks=[])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ci.mark("list", [1, 2])
+        ci.mark("dict", {"a": 1})
+        ci.mark("array", np.zeros(3))
+        ci.mark("kind", 1.0, kind="bogus")
+        ci.mark(42, 1.0)  # type: ignore[arg-type]
+    ours = [w for w in caught if issubclass(w.category, CirronWarning)]
+    assert len(ours) == 1 and "list" in str(ours[0].message)
+    assert ci.health()["drops"]["bad_mark_values"] == 5
+    assert all_marks(finish()) == []
+
+
+def test_depth_beyond_64_is_dropped_and_counted_but_the_body_runs() -> None:
+    ci.profile(frameworks=[])
+    ran = []
+
+    def nest(n: int) -> None:
+        with ci.scope("level", index=n):
+            if n < MAX_DEPTH + 5:
+                nest(n + 1)
+            else:
+                ran.append(n)
+                ci.mark("deep", 1)
+
+    with pytest.warns(CirronWarning, match="deeper than 64"):
+        nest(1)
+    assert ran == [MAX_DEPTH + 5]
+    assert ci.health()["drops"]["scopes_depth"] == 5
+    batches = finish()
+    levels = spans_by_name(batches)["level"]
+    assert len(levels) == MAX_DEPTH
+    (deep,) = all_marks(batches)
+    assert deep["span_id"] == next(s["id"] for s in levels if s["index"] == MAX_DEPTH)
+
+
+def test_out_of_order_close_leaves_no_stale_frame() -> None:
+    c = ci._get()
+    ci.profile(frameworks=[])
+    outer = c._rec.open("outer")
+    inner = c._rec.open("inner")
+    c._rec.close(outer)  # closes inner too
+    assert not inner.open and c._rec.current() is None
+    inner.close()  # a late close of the already-closed child is a no-op
+    with ci.scope("after") as after:
+        pass
+    spans = spans_by_name(finish())
+    assert spans["inner"][0]["attrs"]["closed_by_parent"] is True
+    assert spans["inner"][0]["parent_id"] == spans["outer"][0]["id"]
+    assert spans["after"][0]["parent_id"] == spans["cirron.session"][0]["id"]
+    assert after.span_id == spans["after"][0]["id"]
+
+
+def test_break_out_of_loops_closes_cleanly() -> None:
+    ci.profile(frameworks=[])
+    for e in ci.epochs(range(10)):
+        for b in ci.batches(range(10)):
+            if b == 2:
+                break
+        if e == 1:
+            break
+    with ci.scope("next"):
+        pass
+    spans = spans_by_name(finish())
+    assert [e["index"] for e in spans["epoch"]] == [0, 1]
+    assert [b["index"] for b in spans["batch"]] == [0, 1, 2, 0, 1, 2]
+    assert spans["next"][0]["parent_id"] == spans["cirron.session"][0]["id"]
+
+
+def test_exception_in_loop_body_closes_the_batch_with_the_exception() -> None:
+    ci.profile(frameworks=[])
+    with pytest.raises(RuntimeError):
+        for _ in ci.epochs(range(3)):
+            for b in ci.batches(range(3)):
+                if b == 1:
+                    raise RuntimeError("bad batch")
+    spans = spans_by_name(finish())
+    assert [b["index"] for b in spans["batch"]] == [0, 1]
+    assert len(spans["epoch"]) == 1
+
+
+def test_threads_record_into_their_own_trees() -> None:
+    ci.profile(frameworks=[])
+    barrier = threading.Barrier(4)
+
+    def work(k: int) -> None:
+        barrier.wait()
+        with ci.scope("worker", index=k):
+            for i in range(200):
+                ci.mark("i", i, worker=k)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert ci.health()["drops"]["marks"] == 0
+    batches = finish()
+    workers = {s["index"]: s for s in spans_by_name(batches)["worker"]}
+    assert sorted(workers) == [0, 1, 2, 3]
+    assert len({s["thread_id"] for s in workers.values()}) == 4
+    marks = all_marks(batches)
+    assert len(marks) == 800
+    for m in marks:
+        assert m["span_id"] == workers[m["attrs"]["worker"]]["id"]
+
+
+def test_asyncio_tasks_with_interleaved_scopes_keep_their_own_stacks() -> None:
+    ci.profile(frameworks=[])
+
+    async def request(k: int) -> None:
+        with ci.scope("request", index=k):
+            for _ in range(3):
+                await asyncio.sleep(0)
+                with ci.scope("step", task=k):
+                    ci.mark("task", k)
+                    await asyncio.sleep(0)
+
+    async def main() -> None:
+        await asyncio.gather(*(request(k) for k in range(5)))
+
+    asyncio.run(main())
+    batches = finish()
+    spans = spans_by_name(batches)
+    requests = {s["id"]: s["index"] for s in spans["request"]}
+    steps = {s["id"]: s for s in spans["step"]}
+    assert len(requests) == 5 and len(steps) == 15
+    for s in steps.values():
+        assert requests[s["parent_id"]] == s["attrs"]["task"]
+    for m in all_marks(batches):
+        assert steps[m["span_id"]]["attrs"]["task"] == m["value"]
+
+
+def test_second_profile_call_warns_and_returns_the_same_handle() -> None:
+    p = ci.profile(frameworks=[])
+    with pytest.warns(CirronWarning, match="already called"):
+        assert ci.profile() is p
+    assert ci.health()["enabled"] is True
+
+
+def test_disabled_profiler_writes_nothing_and_starts_no_thread() -> None:
+    before = {t.name for t in threading.enumerate()}
+    hook = sys.excepthook
+    p = ci.profile(enabled=False)
+    for _ in ci.epochs(range(2)):
+        ci.mark("loss", 1.0)
+        with ci.scope("x"):
+            pass
+    assert not p.enabled and ci.health()["enabled"] is False
+    assert {t.name for t in threading.enumerate()} == before
+    assert sys.excepthook is hook
+    ci.shutdown()
+    assert not SPOOL.exists()
+    assert all(len(tb.marks) == 0 for tb in ci._REC.buffers)
+
+
+def test_shutdown_is_idempotent_and_profile_afterwards_starts_a_fresh_session() -> None:
+    p1 = ci.profile(frameworks=[])
+    ci.mark("a", 1)
+    ci.shutdown()
+    ci.shutdown()
+    p2 = ci.profile(frameworks=[])
+    assert p2 is not p1 and p2.session_id != p1.session_id
+    ci.mark("b", 2)
+    batches = finish()
+    sessions = spans_by_name(batches)["cirron.session"]
+    assert len(sessions) == 2 and all(s["attrs"]["status"] == "finished" for s in sessions)
+    marks = {m["name"]: m["span_id"] for m in all_marks(batches)}
+    assert marks == {"a": p1.session_id, "b": p2.session_id}
+
+
+def test_two_instances_write_independent_spools(tmp_path: Path) -> None:
+    a = ci.Cirron(output_dir=str(tmp_path / "a"), workspace_id="wa")
+    b = ci.Cirron(output_dir=str(tmp_path / "b"), workspace_id="wb")
+    a.profile(frameworks=[])
+    b.profile(frameworks=[])
+    with a.scope("in_a"):
+        a.mark("x", 1)
+    for _ in b.epochs(range(2)):
+        b.mark("y", 2)
+    a.shutdown()
+    assert b.profiling  # shutting a down leaves b running
+    b.shutdown()
+    sa, sb = load_batches(tmp_path / "a"), load_batches(tmp_path / "b")
+    assert set(spans_by_name(sa)) == {"cirron.session", "in_a"}
+    assert set(spans_by_name(sb)) == {"cirron.session", "epoch"}
+    assert [m["name"] for m in all_marks(sa)] == ["x"]
+    assert [m["name"] for m in all_marks(sb)] == ["y", "y"]
+    assert spans_by_name(sa)["cirron.session"][0]["attrs"]["workspace_id"] == "wa"
+
+
+def test_mark_buffer_overflow_drops_oldest_and_counts_exactly() -> None:
+    ci.profile(frameworks=[], flush_interval=3600)
+    ci._REC.wake = lambda: None  # keep the flusher asleep: the buffer must overflow
+    extra = 1234
+    for i in range(MARK_CAPACITY + extra):
+        ci.mark("m", i)
+    ci.flush()
+    assert ci.health()["drops"]["marks"] == extra
+    assert ci.health()["mark_drop_count"] == extra
+    marks = all_marks(finish())
+    assert len(marks) == MARK_CAPACITY
+    assert marks[0]["value"] == extra  # the oldest were dropped
+
+
+def test_output_stdout_and_log_and_none(capsys: pytest.CaptureFixture[str],
+                                        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="cirron")
+    ci.profile(frameworks=[], output=["stdout", "log"])
+    for _ in ci.epochs(range(1)):
+        ci.mark("loss", 1.0)
+    ci.shutdown()
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.strip()]
+    assert lines and all(b["schema_version"] == 1 for b in lines)
+    assert any(m["name"] == "loss" for b in lines for m in b["marks"])
+    assert any("epoch[0] closed" in r.getMessage() for r in caplog.records)
+    assert not SPOOL.exists()  # "spool" was not among the outputs
+    ci.profile(frameworks=[], output="none")
+    ci.mark("x", 1)
+    ci.shutdown()
+    assert not SPOOL.exists()
+
+
+def test_bad_output_is_a_clear_error_and_installs_nothing() -> None:
+    hook = sys.excepthook
+    with pytest.raises(CirronConfigError, match="unknown output 'disk'"):
+        ci.profile(output=["spool", "disk"])
+    assert sys.excepthook is hook and not ci._get().profiling
+
+
+def test_failed_profile_rolls_back_every_hook() -> None:
+    hook = sys.excepthook
+    threads = threading.active_count()
+    with pytest.raises(CirronConfigError, match="https"):
+        ci.Cirron(api_key="k-123", api_endpoint="http://example.com").profile(frameworks=[])
+    assert sys.excepthook is hook
+    assert threading.active_count() == threads
+
+
+def test_unknown_framework_warns_and_frameworks_empty_installs_nothing() -> None:
+    with pytest.warns(CirronWarning, match="unknown framework 'caffe'"):
+        p = ci.profile(frameworks=["caffe"])
+    assert p.frameworks == [] and ci.health()["frameworks_installed"] == []
+
+
+def test_health_reports_the_documented_keys() -> None:
+    ci.profile(frameworks=[])
+    with ci.scope("a"), ci.scope("b"):
+        h = ci.health()
+    assert h["scope_depth"] == 2
+    for key in ("enabled", "transport", "frameworks_installed", "drops", "mark_drop_count",
+                "spool_drop_count", "spool_bytes", "spool_files", "flush_latency_ns",
+                "last_internal_error"):
+        assert key in h
+    assert h["transport"] == "file_only"
+    ci.flush()
+    h = ci.health()
+    assert h["spool_files"] >= 1 and h["spool_bytes"] > 0 and h["flush_latency_ns"] > 0
+
+
+def test_spool_cap_evicts_oldest_files_and_counts_them(tmp_path: Path) -> None:
+    c = ci.Cirron(output_dir=str(tmp_path / "cap"), spool_max_bytes=6000)
+    c.profile(frameworks=[], flush_interval=3600)
+    for i in range(30):
+        with c.scope("step", index=i):
+            for _ in range(10):
+                c.mark("m", i)
+        c.flush()
+    h = c.health()
+    assert h["spool_drop_count"] > 0 and h["spool_bytes"] <= 6000
+    files = sorted((tmp_path / "cap" / "spool").glob("*.json"))
+    assert len(files) == h["spool_files"]
+    c.shutdown()
+    values = [m["value"] for m in all_marks(load_batches(tmp_path / "cap"))]
+    assert values and values[-1] == 29 and 0 not in values  # oldest evicted, newest kept
+
+
+def test_trace_reads_back_the_current_session() -> None:
+    ci.profile(frameworks=[])
+    for _ in ci.epochs(range(2)):
+        for _ in ci.batches(range(3)):
+            ci.mark("loss", 0.25)
+    tree = ci.trace()
+    assert "cirron.session" in tree and "epoch" in tree and "loss" in tree
+    d = ci.trace(format="dict")
+    assert d["name"] == "cirron.session"
+    assert [c["name"] for c in d["children"]] == ["epoch", "epoch"]
+    assert json.loads(ci.trace(format="json"))["name"] == "cirron.session"
+    df = ci.trace(format="df")
+    assert len(df[df["name"] == "batch"]) == 6
+    ci.shutdown()
+
+
+def test_sweeps_stale_temp_files_at_start(tmp_path: Path) -> None:
+    spool = tmp_path / "sw" / "spool"
+    spool.mkdir(parents=True)
+    (spool / ("00000000000000000001-" + "0" * 32 + ".json.tmp")).write_text("{partial")
+    c = ci.Cirron(output_dir=str(tmp_path / "sw"))
+    c.profile(frameworks=[])
+    assert not list(spool.glob("*.tmp"))
+    c.shutdown()
