@@ -17,17 +17,12 @@ here raises into user code after ``select_transport`` has returned.
 from __future__ import annotations
 
 import heapq
-import io
 import ipaddress
-import json
 import logging
 import os
 import re
-import stat
-import sys
 import threading
 import time
-from collections import deque
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 from urllib.parse import urlsplit
@@ -35,6 +30,7 @@ from urllib.parse import urlsplit
 from cirron.core.errors import CirronConfigError
 from cirron.core.ledger import Ledger
 from cirron.core.transport_http import Outcome, RetryPolicy, Uploader
+from cirron.core.transport_stream import EventStreamTransport, base_health, start_daemon
 
 __all__ = [
     "BATCH_NAME",
@@ -49,15 +45,6 @@ __all__ = [
 logger = logging.getLogger("cirron")
 
 BATCH_NAME = re.compile(r"^\d{20}-[0-9a-f]{32}\.json$")
-_STDOUT_LOCK = threading.Lock()  # shared by every event-stream transport in the process
-
-
-def _reset_stdout_lock() -> None:  # a writer thread may have held it when the process forked
-    global _STDOUT_LOCK
-    _STDOUT_LOCK = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_reset_stdout_lock)
 _MAX_MEMORY_BATCHES = 1000  # batches held in memory when the spool sink is off
 
 
@@ -132,19 +119,6 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _base_health(name: str) -> dict[str, Any]:
-    return {
-        "transport": name,
-        "batches_sent": 0,
-        "batches_retried": 0,
-        "batches_failed": 0,
-        "batches_pending": 0,
-        "last_http_status": None,
-        "last_error": None,
-        "paused": False,
-    }
-
-
 class FileOnlyTransport:
     """The spool is the only sink: every method is a no-op."""
 
@@ -167,145 +141,7 @@ class FileOnlyTransport:
 
     def health(self) -> dict[str, Any]:
         """The standard keys, all zero."""
-        return _base_health(self.name)
-
-
-# -- event stream ------------------------------------------------------------------------------
-
-
-class EventStreamTransport:
-    """One JSON line per sealed batch (and per snapshot blob) on stdout, for the Cirron kernel.
-
-    Lines are written by a writer thread, each with a single ``write()`` under a process-wide
-    lock and followed by ``flush()``. When stdout is a regular file (``python train.py > log``)
-    the writer reads the file's last byte (through ``/proc/self/fd`` when stdout is write-only)
-    and starts with ``\\n`` if the user left a line unterminated; on a pipe or terminal that
-    cannot be known, and the line is written as is.
-    """
-
-    name = "event_stream"
-
-    def __init__(self, *, stdout: TextIO | None, sdk_version: str) -> None:
-        self._stdout = stdout
-        self._sdk_version = sdk_version
-        self._queue: deque[tuple[str, dict[str, Any]]] = deque()
-        self._wake = threading.Condition()
-        self._closing = False
-        self._thread: threading.Thread | None = None
-        self._health = _base_health(self.name)
-
-    def __repr__(self) -> str:
-        return f"EventStreamTransport(pending={len(self._queue)})"
-
-    def start(self) -> None:
-        """Start the writer thread (once)."""
-        if self._thread is None:
-            self._thread = _start_thread(self._run, "cirron-event-stream", self._health)
-
-    def on_batch(self, path: Path | None, batch: dict[str, Any]) -> None:
-        """Queue a ``trace_batch`` event."""
-        self._put("trace_batch", batch)
-
-    def on_blob(self, path: Path, span_id: str) -> None:
-        """Queue a ``snapshot_blob`` event naming the file."""
-        try:
-            size = path.stat().st_size
-        except OSError:
-            size = None
-        payload = {"span_id": span_id, "file": path.name, "path": str(path), "bytes": size}
-        self._put("snapshot_blob", payload)
-
-    def close(self, timeout: float) -> None:
-        """Write what is queued within ``timeout`` seconds, then stop."""
-        with self._wake:
-            self._closing = True
-            self._wake.notify_all()
-        if self._thread is not None:
-            self._thread.join(max(0.0, timeout))
-
-    def health(self) -> dict[str, Any]:
-        """Counters; ``batches_pending`` counts events not yet written."""
-        return dict(self._health, batches_pending=len(self._queue))
-
-    def after_fork_in_child(self) -> None:
-        """In a forked child: a fresh lock and queue; call ``start()`` again to write."""
-        self._wake = threading.Condition()
-        self._queue = deque()
-        self._thread, self._closing = None, False
-
-    def _put(self, event: str, payload: dict[str, Any]) -> None:
-        with self._wake:
-            if self._closing:
-                return
-            self._queue.append((event, payload))
-            self._wake.notify()
-
-    def _run(self) -> None:
-        while True:
-            with self._wake:
-                while not self._queue and not self._closing:
-                    self._wake.wait()
-                if not self._queue:
-                    return
-                event, payload = self._queue.popleft()
-            self._write(event, payload)
-
-    def _write(self, event: str, payload: dict[str, Any]) -> None:
-        record = {
-            "__cirron_event__": event,
-            "schema_version": 1,
-            "sdk_version": self._sdk_version,
-            "payload": payload,
-        }
-        try:
-            line = json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n"
-            stream = self._stdout or sys.stdout
-            with _STDOUT_LOCK:
-                if _ends_mid_line(stream):
-                    line = "\n" + line
-                stream.write(line)
-                stream.flush()
-        except (OSError, ValueError, TypeError) as exc:
-            self._health["batches_failed"] += 1
-            self._health["last_error"] = f"{type(exc).__name__}: {exc}"
-            return
-        if event == "trace_batch":
-            self._health["batches_sent"] += 1
-
-
-def _ends_mid_line(stream: TextIO) -> bool:
-    """True only when ``stream`` is a regular file whose last byte is not a newline."""
-    try:
-        stream.flush()
-        fd = stream.fileno()
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size == 0:
-            return False
-        return _last_byte(fd, st.st_size) not in (b"\n", b"")
-    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
-        return False
-
-
-def _last_byte(fd: int, size: int) -> bytes:
-    try:
-        return os.pread(fd, 1, size - 1)
-    except OSError:  # opened write-only, as a shell's `> log` does: read it through /proc
-        reader = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY)
-        try:
-            return os.pread(reader, 1, size - 1)
-        finally:
-            os.close(reader)
-
-
-def _start_thread(target: Any, name: str, health: dict[str, Any]) -> threading.Thread | None:
-    thread = threading.Thread(target=target, name=name, daemon=True)
-    try:
-        thread.start()
-    except RuntimeError as exc:  # interpreter shutting down, or no more threads
-        health["last_error"] = f"could not start {name}: {exc}"
-        logger.warning("cirron: could not start the %s thread: %s", name, exc)
-        return None
-    return thread
+        return base_health(self.name)
 
 
 # -- http --------------------------------------------------------------------------------------
@@ -365,7 +201,7 @@ class HttpTransport:
         self._retry_at = 0.0
         self._attempt = 0
         self._warned: set[int | str] = set()
-        self._health = _base_health(self.name)
+        self._health = base_health(self.name)
         self._health.update(blobs_seen=0, batches_dropped=0)
 
     def __repr__(self) -> str:
@@ -378,7 +214,7 @@ class HttpTransport:
         with self._wake:
             if self._thread is not None or self._closing:
                 return
-            self._thread = _start_thread(self._run, "cirron-http-sender", self._health)
+            self._thread = start_daemon(self._run, "cirron-http-sender", self._health)
 
     def on_batch(self, path: Path | None, batch: dict[str, Any]) -> None:
         """Queue a sealed batch (by its file, or in memory when the spool sink is off)."""
