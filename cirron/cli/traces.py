@@ -86,7 +86,7 @@ def _console() -> Any:
         file=sys.stdout,
         highlight=False,
         soft_wrap=False,
-        width=None if tty else 200,
+        width=None if tty else 1000,  # piped: never wrap or cut a cell
         no_color=not tty or "NO_COLOR" in os.environ,
     )
 
@@ -145,7 +145,7 @@ def _run_row(group: list[Any]) -> dict[str, Any]:
     statuses = sorted({s.status for s in group})
     ranks = [s.rank for s in group if s.rank is not None]
     return {
-        "id": first.run_id if len(group) > 1 or first.run_id else first.id,
+        "id": first.run_id if len(group) > 1 and first.run_id else first.id,
         "run_id": first.run_id,
         "start_ns": min(s.start_ns for s in group),
         "end_ns": max(s.end_ns for s in group),
@@ -169,7 +169,7 @@ def _print_list(rows: list[dict[str, Any]]) -> None:
     for col in ("SESSION", "START", "DURATION", "STATUS", "RANKS", "SPANS", "PROJECT"):
         table.add_column(col, justify="right" if col in ("DURATION", "SPANS") else "left")
     for row in rows:
-        sid = row["id"] if row["run_id"] else row["id"][:12]
+        sid = row["id"] if len(row["sessions"]) > 1 else row["id"][:12]
         project = " ".join(str(row[k]) for k in ("name", "version") if row[k] is not None)
         table.add_row(
             sid,
@@ -278,13 +278,17 @@ def export(directory: Path, fmt: str, output: Path | None, session: str) -> None
 @_session_option(None, "Session id, unique prefix or run id (default: the newest).")
 @_json_option
 def snapshots(span: str | None, directory: Path, session: str | None, as_json: bool) -> None:
-    """Weight and gradient statistics per epoch (SPAN: an epoch span id or prefix)."""
-    from cirron.core.trace import snapshot_table
+    """Weight and gradient statistics per epoch (SPAN: an epoch span id, or its unique start or end)."""
+    from cirron.core.trace import AmbiguousSpan, snapshot_table
 
     data = _load(directory)
     if span is None:
         _resolve(data, session)
-    rows = snapshot_table(data, span, session)
+    try:
+        rows = snapshot_table(data, span, session)
+    except AmbiguousSpan as exc:
+        lines = "\n".join(f"  {m}" for m in exc.matches)
+        raise click.ClickException(f"span {span!r} is ambiguous; it matches:\n{lines}") from None
     if span is not None and not rows:
         raise click.ClickException(f"no snapshots recorded for span {span!r}")
     if as_json:
@@ -293,10 +297,25 @@ def snapshots(span: str | None, directory: Path, session: str | None, as_json: b
     if not rows:
         click.echo("No snapshots recorded in this session.")
         return
-    _print_snapshots(rows)
+    _print_snapshots(rows, data.root)
 
 
-def _print_snapshots(rows: list[dict[str, Any]]) -> None:
+def _short_blob(blob: str | None, root: Path | None) -> str:
+    """A blob under the .cirron directory as a relative path; anything else as it is."""
+    if not blob:
+        return "-"
+    if blob.startswith("file://") and root is not None:
+        from urllib.parse import unquote, urlparse
+
+        path = Path(unquote(urlparse(blob).path))
+        try:
+            return str(path.relative_to(root.resolve()))
+        except ValueError:
+            return str(path)
+    return blob
+
+
+def _print_snapshots(rows: list[dict[str, Any]], root: Path | None) -> None:
     from rich import box
     from rich.table import Table
 
@@ -309,7 +328,7 @@ def _print_snapshots(rows: list[dict[str, Any]]) -> None:
         shape = "x".join(map(str, r["shape"])) or "scalar"
         epoch = "-" if r["epoch"] is None else str(r["epoch"])
         table.add_row(
-            epoch, r["span_id"][:12], r["kind"], r["tensor"], shape, *stats, r["blob"] or "-"
+            epoch, r["span_id"], r["kind"], r["tensor"], shape, *stats, _short_blob(r["blob"], root)
         )
     _console().print(table)
 

@@ -33,6 +33,7 @@ from cirron.core.errors import CirronError
 __all__ = [
     "SUPPORTED_SCHEMA_VERSIONS",
     "AmbiguousSession",
+    "AmbiguousSpan",
     "SessionInfo",
     "SessionNotFound",
     "TraceData",
@@ -63,6 +64,14 @@ class SessionNotFound(CirronError, LookupError):
 
 class AmbiguousSession(SessionNotFound):
     """A session prefix matches more than one session; ``matches`` lists their ids."""
+
+    def __init__(self, message: str, matches: list[str]) -> None:
+        super().__init__(message)
+        self.matches = matches
+
+
+class AmbiguousSpan(CirronError, LookupError):
+    """A span id prefix or suffix matches more than one span; ``matches`` lists their ids."""
 
     def __init__(self, message: str, matches: list[str]) -> None:
         super().__init__(message)

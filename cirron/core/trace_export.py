@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from cirron.core.errors import CirronDependencyError
-from cirron.core.trace import Record, TraceData, resolve_sessions, sessions
+from cirron.core.trace import AmbiguousSpan, Record, TraceData, resolve_sessions, sessions
 from cirron.core.trace_render import mark_value, select, span_rows
 
 __all__ = ["EXPORT_FORMATS", "export", "snapshot_table"]
@@ -223,11 +223,12 @@ def snapshot_table(
 ) -> list[dict[str, Any]]:
     """Per-epoch weight and gradient statistics, one row per tensor.
 
-    ``span_id`` (an epoch span id or a unique prefix) picks one epoch; otherwise every snapshot
+    ``span_id`` (an epoch span id, or a unique prefix or suffix of one) picks one epoch; otherwise every snapshot
     of the session (default: the newest) is listed, by epoch, then weights before gradients.
     """
     if span_id is not None:
-        recs = [r for r in data.snapshots.values() if r["span_id"].startswith(span_id.lower())]
+        wanted = _match_span(sorted({r["span_id"] for r in data.snapshots.values()}), span_id)
+        recs = [r for r in data.snapshots.values() if r["span_id"] == wanted]
     else:
         wanted = {s for sid in resolve_sessions(data, session_id) for s in data.spans_of(sid)}
         recs = [r for r in data.snapshots.values() if r["span_id"] in wanted]
@@ -236,6 +237,18 @@ def snapshot_table(
     for row in rows:
         del row["_start"]
     return rows
+
+
+def _match_span(ids: list[str], ref: str) -> str | None:
+    """The id equal to ``ref``, else the one it starts or ends (ids of one process share their
+    first 16 digits, so the tail is what tells two spans apart)."""
+    ref = ref.lower()
+    if ref in ids:
+        return ref
+    found = [i for i in ids if i.startswith(ref) or i.endswith(ref)]
+    if len(found) > 1:
+        raise AmbiguousSpan(f"span {ref!r} is ambiguous; it matches: {', '.join(found)}", found)
+    return found[0] if found else None
 
 
 def _snapshot_row(data: TraceData, rec: Record) -> dict[str, Any]:
