@@ -67,6 +67,7 @@ class Profiler:
         self.frameworks: list[str] = []
         self.session_attrs: dict[str, Any] = {}
         self._finished = False
+        self._in_child = False  # a fork() child of the process that called profile()
         self._finish_lock = threading.Lock()
         self._undo: list[Any] = []
 
@@ -137,7 +138,7 @@ class Profiler:
                 rec.close(scope)
             except Exception as exc:
                 rec.internal_error("closing open span", exc)
-        if self.session is not None:
+        if self.session is not None and not self._in_child:
             final: dict[str, Any] = {"status": self.status}
             if self.exception:
                 final["exception"] = self.exception
@@ -152,11 +153,18 @@ class Profiler:
                 self._cirron._rec.internal_error("uninstall", exc)
 
     def after_fork_in_child(self) -> None:
+        """The child records into fresh buffers under the parent's open spans, which stay the
+        parent's to close: the child's exit flushes its own records only."""
+        self._in_child = True
         rec = self._cirron._rec
         rec.after_fork_in_child()
+        rec.structural.clear()
         if self.flusher is not None:
             self.flusher.after_fork_in_child()
             rec.on_new_buffer = self.flusher.ensure_thread
+        child_hook = getattr(self.transport, "after_fork_in_child", None)
+        if child_hook is not None:
+            child_hook()
 
 
 class NullProfiler(Profiler):
@@ -265,20 +273,21 @@ class Cirron:
     def _profile_settings(self, snapshots: str | None, sample_rate: float | None,
                           flush_interval: float | None,
                           path: str | os.PathLike[str] | None) -> Settings:
-        overrides: dict[str, Any] = {}
+        settings = self.settings
         proj = self.project
         prof = getattr(proj, "profiling", None) if proj is not None else None
-        for key, value in (("snapshots", snapshots), ("sample_rate", sample_rate),
-                           ("flush_interval", flush_interval)):
-            if value is not None:
-                overrides[key] = value
-            elif prof is not None and self.settings.source(key) == "default":
-                from_yaml = getattr(prof, key, None)
-                if from_yaml is not None:
-                    overrides[key] = from_yaml
+        if prof is not None:  # cirron.yaml's profiling section beats only the defaults
+            from_yaml = {key: getattr(prof, key, None)
+                         for key in ("snapshots", "sample_rate", "flush_interval")
+                         if settings.source(key) == "default"}
+            from_yaml = {k: v for k, v in from_yaml.items() if v is not None}
+            if from_yaml:
+                settings = settings.replace_from(f"{proj.path} profiling", **from_yaml)
+        overrides = {k: v for k, v in (("snapshots", snapshots), ("sample_rate", sample_rate),
+                                       ("flush_interval", flush_interval)) if v is not None}
         if path is not None:
             overrides["output_dir"] = os.fspath(path)
-        return self.settings.replace(**overrides) if overrides else self.settings
+        return settings.replace(**overrides) if overrides else settings
 
     def _start(self, p: Profiler, frameworks: Sequence[str] | None) -> None:
         from cirron.core.context import read_context
@@ -293,7 +302,7 @@ class Cirron:
         rec = self._rec
         rec.enable()
         ctx = read_context()
-        root = Path(settings.output_dir).expanduser().resolve()
+        root = settings.output_path
         p.transport = select_transport(
             api_key=settings.api_key, api_endpoint=settings.api_endpoint,
             ingest_path=settings.ingest_path, run_id=ctx.run_id, spool_dir=root / "spool",
