@@ -94,10 +94,16 @@ def _get() -> Cirron:
     return c
 
 
-def profile(config: dict[str, Any] | None = None, frameworks: Sequence[str] | None = None,
-            snapshots: str | None = None, sample_rate: float | None = None,
-            flush_interval: float | None = None, enabled: bool = True, path: str | None = None,
-            output: str | Sequence[str] | None = None) -> Profiler:
+def profile(
+    config: dict[str, Any] | None = None,
+    frameworks: Sequence[str] | None = None,
+    snapshots: str | None = None,
+    sample_rate: float | None = None,
+    flush_interval: float | None = None,
+    enabled: bool = True,
+    path: str | None = None,
+    output: str | Sequence[str] | None = None,
+) -> Profiler:
     """Start profiling with the default instance and return the :class:`Profiler` handle.
 
     >>> import cirron as ci
@@ -106,9 +112,16 @@ def profile(config: dict[str, Any] | None = None, frameworks: Sequence[str] | No
     True
     >>> ci.shutdown()
     """
-    return _get().profile(config=config, frameworks=frameworks, snapshots=snapshots,
-                          sample_rate=sample_rate, flush_interval=flush_interval,
-                          enabled=enabled, path=path, output=output)
+    return _get().profile(
+        config=config,
+        frameworks=frameworks,
+        snapshots=snapshots,
+        sample_rate=sample_rate,
+        flush_interval=flush_interval,
+        enabled=enabled,
+        path=path,
+        output=output,
+    )
 
 
 def watch(model: Any) -> None:
@@ -147,8 +160,7 @@ def shutdown() -> None:
         c.shutdown()
 
 
-def trace(format: str = "tree", name: str | None = None, last: int | None = None,
-          **kw: Any) -> Any:
+def trace(format: str = "tree", name: str | None = None, last: int | None = None, **kw: Any) -> Any:
     """Read the current session back: ``"tree"`` text, ``"dict"``, ``"json"`` or ``"df"``."""
     return _get().trace(format=format, name=name, last=last, **kw)
 

@@ -21,7 +21,6 @@ import socket
 import threading
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
-from pathlib import Path
 from time import monotonic
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -89,8 +88,9 @@ class Profiler:
     def shutdown(self) -> None:
         self._cirron.shutdown()
 
-    def trace(self, format: str = "tree", name: str | None = None, last: int | None = None,
-              **kw: Any) -> Any:
+    def trace(
+        self, format: str = "tree", name: str | None = None, last: int | None = None, **kw: Any
+    ) -> Any:
         return self._cirron.trace(format=format, name=name, last=last, **kw)
 
     @property
@@ -236,11 +236,17 @@ class Cirron:
         return self._profiler
 
     # -- profile() ---------------------------------------------------------------------------
-    def profile(self, config: dict[str, Any] | None = None,
-                frameworks: Sequence[str] | None = None, snapshots: str | None = None,
-                sample_rate: float | None = None, flush_interval: float | None = None,
-                enabled: bool = True, path: str | os.PathLike[str] | None = None,
-                output: str | Sequence[str] | None = None) -> Profiler:
+    def profile(
+        self,
+        config: dict[str, Any] | None = None,
+        frameworks: Sequence[str] | None = None,
+        snapshots: str | None = None,
+        sample_rate: float | None = None,
+        flush_interval: float | None = None,
+        enabled: bool = True,
+        path: str | os.PathLike[str] | None = None,
+        output: str | Sequence[str] | None = None,
+    ) -> Profiler:
         """Start profiling: open the session span, start the flusher, install framework hooks.
 
         ``None`` for a parameter means this instance's resolved setting (or ``cirron.yaml``'s
@@ -250,8 +256,11 @@ class Cirron:
         """
         with self._lock:
             if self._profiler is not None and not self._profiler._finished:
-                warnings.warn("cirron: profile() was already called; returning the running "
-                              "profiler.", CirronWarning, stacklevel=2)
+                warnings.warn(
+                    "cirron: profile() was already called; returning the running profiler.",
+                    CirronWarning,
+                    stacklevel=2,
+                )
                 return self._profiler
             if not enabled:
                 self._rec.disable()
@@ -270,21 +279,36 @@ class Cirron:
             self._profiler = p
             return p
 
-    def _profile_settings(self, snapshots: str | None, sample_rate: float | None,
-                          flush_interval: float | None,
-                          path: str | os.PathLike[str] | None) -> Settings:
+    def _profile_settings(
+        self,
+        snapshots: str | None,
+        sample_rate: float | None,
+        flush_interval: float | None,
+        path: str | os.PathLike[str] | None,
+    ) -> Settings:
         settings = self.settings
         proj = self.project
         prof = getattr(proj, "profiling", None) if proj is not None else None
         if prof is not None:  # cirron.yaml's profiling section beats only the defaults
-            from_yaml = {key: getattr(prof, key, None)
-                         for key in ("snapshots", "sample_rate", "flush_interval")
-                         if settings.source(key) == "default"}
+            from_yaml = {
+                key: getattr(prof, key, None)
+                for key in ("snapshots", "sample_rate", "flush_interval")
+                if settings.source(key) == "default"
+            }
             from_yaml = {k: v for k, v in from_yaml.items() if v is not None}
             if from_yaml:
-                settings = settings.replace_from(f"{proj.path} profiling", **from_yaml)
-        overrides = {k: v for k, v in (("snapshots", snapshots), ("sample_rate", sample_rate),
-                                       ("flush_interval", flush_interval)) if v is not None}
+                settings = settings.replace_from(
+                    f"{getattr(proj, 'path', 'cirron.yaml')} profiling", **from_yaml
+                )
+        overrides = {
+            k: v
+            for k, v in (
+                ("snapshots", snapshots),
+                ("sample_rate", sample_rate),
+                ("flush_interval", flush_interval),
+            )
+            if v is not None
+        }
         if path is not None:
             overrides["output_dir"] = os.fspath(path)
         return settings.replace(**overrides) if overrides else settings
@@ -304,16 +328,28 @@ class Cirron:
         ctx = read_context()
         root = settings.output_path
         p.transport = select_transport(
-            api_key=settings.api_key, api_endpoint=settings.api_endpoint,
-            ingest_path=settings.ingest_path, run_id=ctx.run_id, spool_dir=root / "spool",
-            sdk_version=__version__)
+            api_key=settings.api_key,
+            api_endpoint=settings.api_endpoint,
+            ingest_path=settings.ingest_path,
+            run_id=ctx.run_id,
+            spool_dir=root / "spool",
+            sdk_version=__version__,
+        )
         if "spool" in p.outputs:
             p.spool = Spool(root, settings.spool_max_bytes)
             p.spool.open()
-        p.sealer = Sealer(rec, rank=ctx.rank,
-                          session_id=lambda: p.session.id if p.session is not None else None)
-        p.flusher = Flusher(rec, p.sealer, interval=settings.flush_interval, spool=p.spool,
-                            outputs=p.outputs, sink=p.transport, on_error=rec.internal_error)
+        p.sealer = Sealer(
+            rec, rank=ctx.rank, session_id=lambda: p.session.id if p.session is not None else None
+        )
+        p.flusher = Flusher(
+            rec,
+            p.sealer,
+            interval=settings.flush_interval,
+            spool=p.spool,
+            outputs=p.outputs,
+            sink=p.transport,
+            on_error=rec.internal_error,
+        )
         p.session_attrs = self._session_attrs(ctx, p)
         p.session = rec.open_root("cirron.session", p.session_attrs)
         p._undo.append(lambda: setattr(rec, "root_id", None))
@@ -424,8 +460,9 @@ class Cirron:
             self._profiler = None
             self._rec.reset_session()
 
-    def trace(self, format: str = "tree", name: str | None = None, last: int | None = None,
-              **kw: Any) -> Any:
+    def trace(
+        self, format: str = "tree", name: str | None = None, last: int | None = None, **kw: Any
+    ) -> Any:
         """Read this session back (including what was already flushed).
 
         ``format``: ``"tree"`` (text), ``"dict"``, ``"json"`` or ``"df"`` (pandas).
@@ -443,8 +480,10 @@ def _parse_output(output: str | Sequence[str] | None) -> tuple[str, ...]:
     if bad or not items:
         raise CirronConfigError(
             f"profile(output={output!r}): unknown output {bad[0] if bad else '(empty)'!r}; "
-            f"use one or more of {', '.join(map(repr, OUTPUTS))}.", key="output",
-            source="argument")
+            f"use one or more of {', '.join(map(repr, OUTPUTS))}.",
+            key="output",
+            source="argument",
+        )
     return tuple(o for o in items if o != "none")
 
 
@@ -466,12 +505,20 @@ def _job_run_id() -> str:
             seed = f"elastic:{env['TORCHELASTIC_RUN_ID']}"
         elif env.get("SLURM_JOB_ID"):
             seed = f"slurm:{env['SLURM_JOB_ID']}:{env.get('SLURM_STEP_ID', '')}"
-        elif env.get("MASTER_ADDR") and env.get("MASTER_PORT") and env.get("WORLD_SIZE", "1") != "1":
+        elif (
+            env.get("MASTER_ADDR") and env.get("MASTER_PORT") and env.get("WORLD_SIZE", "1") != "1"
+        ):
             # Ranks launched by one process (torchrun's agent, Lightning's rank 0) share it.
-            launcher = os.getppid() if "LOCAL_RANK" in env and "TORCHELASTIC_RUN_ID" in env else (
-                os.getpid() if env.get("LOCAL_RANK", "0") == "0" and "RANK" not in env
-                else os.getppid())
+            launcher = (
+                os.getppid()
+                if "LOCAL_RANK" in env and "TORCHELASTIC_RUN_ID" in env
+                else (
+                    os.getpid()
+                    if env.get("LOCAL_RANK", "0") == "0" and "RANK" not in env
+                    else os.getppid()
+                )
+            )
             seed = f"{env['MASTER_ADDR']}:{env['MASTER_PORT']}:{env['WORLD_SIZE']}:{launcher}"
-        rid = (hashlib.sha256(seed.encode()).hexdigest()[:32] if seed else os.urandom(16).hex())
+        rid = hashlib.sha256(seed.encode()).hexdigest()[:32] if seed else os.urandom(16).hex()
         env["CIRRON_JOB_RUN_ID"] = rid
     return rid

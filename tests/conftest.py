@@ -27,7 +27,11 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
     work.mkdir()
     (work / ".git").mkdir()  # stop cirron.yaml's upward search at the test's own directory
     for key in list(os.environ):
-        if (key.startswith("CIRRON_") and key not in _KEEP) or key in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
+        if (key.startswith("CIRRON_") and key not in _KEEP) or key in (
+            "RANK",
+            "LOCAL_RANK",
+            "WORLD_SIZE",
+        ):
             monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.chdir(work)
@@ -46,8 +50,9 @@ _skips: list[tuple[str, str]] = []
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     if report.skipped and not hasattr(report, "wasxfail"):
-        reason = str(report.longrepr[-1]) if isinstance(report.longrepr, tuple) else str(
-            report.longrepr)
+        reason = (
+            str(report.longrepr[-1]) if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        )
         _skips.append((report.nodeid, reason))
 
 

@@ -4,7 +4,6 @@ status, SIGTERM chaining, Ctrl-C, crashes, kill -9, fork, and a hostile file sys
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import subprocess
@@ -68,12 +67,15 @@ def test_unhandled_exception_marks_the_session_crashed(tmp_path: Path) -> None:
 
 
 def test_exception_inside_the_loop_closes_open_epoch_and_batch(tmp_path: Path) -> None:
-    code = loop(epochs=1, batches=1) + """
+    code = (
+        loop(epochs=1, batches=1)
+        + """
 for e in ci.epochs(range(5)):
     for b in ci.batches(range(5)):
         if e == 1 and b == 2:
             raise RuntimeError("nan loss")
 """
+    )
     r = run_py(code, tmp_path)
     assert r.returncode == 1
     spans = spans_by_name(load_batches(tmp_path / ".cirron"))
@@ -90,7 +92,9 @@ def test_uncaught_keyboard_interrupt_is_interrupted(tmp_path: Path) -> None:
 
 
 def test_ctrl_c_stays_a_keyboard_interrupt_and_recording_continues(tmp_path: Path) -> None:
-    code = loop(epochs=1, batches=2) + """
+    code = (
+        loop(epochs=1, batches=2)
+        + """
 import os, signal
 try:
     os.kill(os.getpid(), signal.SIGINT)
@@ -100,6 +104,7 @@ except KeyboardInterrupt:
 with ci.scope("after_interrupt"):
     ci.mark("still", 1)
 """
+    )
     r = run_py(code, tmp_path)
     assert r.returncode == 0 and "caught" in r.stdout
     batches = load_batches(tmp_path / ".cirron")
@@ -108,15 +113,24 @@ with ci.scope("after_interrupt"):
 
 
 def test_sigterm_with_default_handler_flushes_then_dies_by_the_signal(tmp_path: Path) -> None:
-    code = loop(epochs=1, batches=3) + """
+    code = (
+        loop(epochs=1, batches=3)
+        + """
 print("ready", flush=True)
 for e in ci.epochs(range(100000)):
     ci.mark("tick", e)
     time.sleep(0.001)
 """
+    )
     script = write_script(tmp_path / "prog.py", code)
-    proc = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path, env=child_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        env=child_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "ready"
     time.sleep(0.3)
@@ -135,17 +149,21 @@ for e in ci.epochs(range(100000)):
 
 
 def test_sigterm_runs_the_programs_own_handler_after_flushing(tmp_path: Path) -> None:
-    code = """
+    code = (
+        """
 import signal, sys, time
 stop = []
 signal.signal(signal.SIGTERM, lambda s, f: stop.append(s))
-""" + loop(epochs=1, batches=2) + """
+"""
+        + loop(epochs=1, batches=2)
+        + """
 import os
 os.kill(os.getpid(), signal.SIGTERM)
 time.sleep(0.2)
 print("handler saw", stop, flush=True)
 ci.mark("after", 1)
 """
+    )
     r = run_py(code, tmp_path)
     assert r.returncode == 0 and "handler saw [15]" in r.stdout
     batches = load_batches(tmp_path / ".cirron")
@@ -154,8 +172,11 @@ ci.mark("after", 1)
 
 
 def test_exit_waits_no_longer_than_exit_timeout(tmp_path: Path) -> None:
-    code = loop(epochs=2, batches=50, interval=0.05) + "t_end = time.monotonic()\n" + (
-        "import atexit\natexit.register(lambda: None)\n")
+    code = (
+        loop(epochs=2, batches=50, interval=0.05)
+        + "t_end = time.monotonic()\n"
+        + ("import atexit\natexit.register(lambda: None)\n")
+    )
     t0 = time.monotonic()
     r = run_py(code, tmp_path, env=child_env(CIRRON_EXIT_TIMEOUT="0.5"))
     assert r.returncode == 0, r.stderr
@@ -164,9 +185,11 @@ def test_exit_waits_no_longer_than_exit_timeout(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "seed", [*range(4), *(pytest.param(s, marks=pytest.mark.slow) for s in range(4, 24))])
+    "seed", [*range(4), *(pytest.param(s, marks=pytest.mark.slow) for s in range(4, 24))]
+)
 def test_kill_9_never_leaves_a_torn_file_and_loses_at_most_two_intervals(
-        tmp_path: Path, seed: int) -> None:
+    tmp_path: Path, seed: int
+) -> None:
     interval = 0.1
     code = f"""
 import sys, time
@@ -182,8 +205,13 @@ while True:
         time.sleep(0.001)
 """
     script = write_script(tmp_path / "prog.py", code)
-    proc = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path, env=child_env(),
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        env=child_env(),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
     time.sleep(0.3 + random.Random(seed).random() * 0.7)
     killed_at = time.time_ns()
@@ -204,7 +232,9 @@ while True:
 
 
 def test_forked_child_records_into_its_own_buffers(tmp_path: Path) -> None:
-    code = loop(epochs=1, batches=1) + """
+    code = (
+        loop(epochs=1, batches=1)
+        + """
 import os
 with ci.scope("before_fork") as parent_scope:
     pid = os.fork()
@@ -217,6 +247,7 @@ with ci.scope("before_fork") as parent_scope:
     ci.mark("who", "parent")
 print(parent_scope.span_id)
 """
+    )
     r = run_py(code, tmp_path)
     assert r.returncode == 0, r.stderr
     parent_scope = r.stdout.strip().splitlines()[-1]
@@ -278,10 +309,13 @@ def test_unwritable_spool_directory_is_counted_not_raised(tmp_path: Path) -> Non
 
 
 def test_full_disk_is_counted_exactly_and_the_loop_keeps_running(tmp_path: Path) -> None:
-    fault = ("import resource; resource.setrlimit(resource.RLIMIT_FSIZE, (200, "
-             "resource.RLIM_INFINITY))")
-    restore = ("resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, "
-               "resource.RLIM_INFINITY))")
+    fault = (
+        "import resource; resource.setrlimit(resource.RLIMIT_FSIZE, (200, resource.RLIM_INFINITY))"
+    )
+    restore = (
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, "
+        "resource.RLIM_INFINITY))"
+    )
     health, batches = fault_run(tmp_path, fault, restore)
     d = health["drops"]
     assert d["spool_write_failures"] == 1 and d["records_unwritten"] == 10

@@ -340,8 +340,9 @@ def test_mark_buffer_overflow_drops_oldest_and_counts_exactly() -> None:
     assert marks[0]["value"] == extra  # the oldest were dropped
 
 
-def test_output_stdout_and_log_and_none(capsys: pytest.CaptureFixture[str],
-                                        caplog: pytest.LogCaptureFixture) -> None:
+def test_output_stdout_and_log_and_none(
+    capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger="cirron")
     ci.profile(frameworks=[], output=["stdout", "log"])
     for _ in ci.epochs(range(1)):
@@ -385,9 +386,18 @@ def test_health_reports_the_documented_keys() -> None:
     with ci.scope("a"), ci.scope("b"):
         h = ci.health()
     assert h["scope_depth"] == 2
-    for key in ("enabled", "transport", "frameworks_installed", "drops", "mark_drop_count",
-                "spool_drop_count", "spool_bytes", "spool_files", "flush_latency_ns",
-                "last_internal_error"):
+    for key in (
+        "enabled",
+        "transport",
+        "frameworks_installed",
+        "drops",
+        "mark_drop_count",
+        "spool_drop_count",
+        "spool_bytes",
+        "spool_files",
+        "flush_latency_ns",
+        "last_internal_error",
+    ):
         assert key in h
     assert h["transport"] == "file_only"
     ci.flush()

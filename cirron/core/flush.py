@@ -156,8 +156,9 @@ class Flusher:
             if path is None:
                 d = self.sealer.drops
                 d.spool_write_failures += 1
-                d.records_unwritten += (len(marks) + len(snaps)
-                                        + sum(1 for sp in spans if not sp["attrs"].get("open")))
+                d.records_unwritten += (
+                    len(marks) + len(snaps) + sum(1 for sp in spans if not sp["attrs"].get("open"))
+                )
         if "stdout" in self.outputs:
             line = text if text is not None else encode_batch(batch)
             try:

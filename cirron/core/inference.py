@@ -19,8 +19,9 @@ from cirron.core.recorder import Recorder
 __all__ = ["inference_decorator"]
 
 
-def inference_decorator(rec: Recorder, fn: Callable[..., Any] | None = None, *,
-                        config: dict[str, Any] | None = None) -> Any:
+def inference_decorator(
+    rec: Recorder, fn: Callable[..., Any] | None = None, *, config: dict[str, Any] | None = None
+) -> Any:
     """Implements ``cirron.inference``; usable bare (``@ci.inference``) or called."""
 
     def decorate(f: Callable[..., Any]) -> Callable[..., Any]:

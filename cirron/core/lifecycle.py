@@ -28,6 +28,7 @@ class Session(Protocol):
     """What the lifecycle needs from a profiling session."""
 
     status: str
+    exception: str | None
 
     def finish(self, status: str | None = None, *, timeout: float | None = None) -> None: ...
     def flush(self, timeout: float | None = None) -> bool: ...
@@ -105,7 +106,7 @@ class Lifecycle:
                 self.session.status = (
                     "interrupted" if issubclass(et, KeyboardInterrupt) else "crashed"
                 )
-                setattr(self.session, "exception", et.__name__)
+                self.session.exception = et.__name__
         finally:
             prev = self._prev_excepthook or sys.__excepthook__
             prev(et, ev, tb)

@@ -27,7 +27,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from functools import wraps
 from time import perf_counter_ns
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from cirron.core.errors import CirronWarning
 
@@ -118,8 +118,8 @@ class ThreadBuffer:
         "depth_drops",
         "last_mark_seq",
         "last_span_seq",
-        "marks",
         "mark_seq",
+        "marks",
         "number",
         "span_base",
         "span_close_seq",
@@ -198,7 +198,7 @@ class Scope:
         self.start = perf_counter_ns()
         return self
 
-    def __exit__(self, et: Any, ev: Any, _tb: Any) -> bool:
+    def __exit__(self, et: Any, ev: Any, _tb: Any) -> Literal[False]:
         end = perf_counter_ns()
         tb = self.tb
         if tb is None:
@@ -272,7 +272,8 @@ class Scope:
         @wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> T:
             with cls(name, index, **attrs):
-                return fn(*args, **kwargs)
+                result = fn(*args, **kwargs)
+            return result
 
         return wrapper
 
@@ -511,7 +512,7 @@ class Recorder:
             tb = self.new_buffer()
         if parent is None:
             parent = self.live_parent(self.cur.get())
-        sid = tb.span_base + next(tb.span_id_seq)
+        sid: int = tb.span_base + next(tb.span_id_seq)
         tb.spans.append(
             (
                 sid,

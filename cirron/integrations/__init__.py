@@ -44,13 +44,20 @@ FRAMEWORKS: dict[str, Framework] = {
     f.name: f
     for f in (
         Framework("torch", "cirron.integrations.torch", ("torch",), "torch", "torch"),
-        Framework("lightning", "cirron.integrations.lightning", ("lightning", "pytorch_lightning"),
-                  "lightning", "lightning"),
+        Framework(
+            "lightning",
+            "cirron.integrations.lightning",
+            ("lightning", "pytorch_lightning"),
+            "lightning",
+            "lightning",
+        ),
         Framework("keras", "cirron.integrations.keras", ("keras",), "keras", "keras"),
-        Framework("tensorflow", "cirron.integrations.keras", ("tensorflow",), "tensorflow",
-                  "tensorflow"),
-        Framework("sklearn", "cirron.integrations.sklearn", ("sklearn",), "sklearn",
-                  "scikit-learn"),
+        Framework(
+            "tensorflow", "cirron.integrations.keras", ("tensorflow",), "tensorflow", "tensorflow"
+        ),
+        Framework(
+            "sklearn", "cirron.integrations.sklearn", ("sklearn",), "sklearn", "scikit-learn"
+        ),
         Framework("onnx", "cirron.integrations.onnx", ("onnxruntime",), "onnx", "onnxruntime"),
     )
 }
@@ -61,8 +68,13 @@ _PROJECT_FRAMEWORKS = {
     "sklearn": ("sklearn",),
     "onnx": ("onnx",),
 }
-_ALIASES = {"pytorch": "torch", "pytorch_lightning": "lightning", "scikit-learn": "sklearn",
-            "onnxruntime": "onnx", "tf": "tensorflow"}
+_ALIASES = {
+    "pytorch": "torch",
+    "pytorch_lightning": "lightning",
+    "scikit-learn": "sklearn",
+    "onnxruntime": "onnx",
+    "tf": "tensorflow",
+}
 
 
 def _installed(fw: Framework) -> bool:
@@ -81,13 +93,18 @@ def install_frameworks(cirron: Any, profiler: Any, requested: Sequence[str] | No
         for raw in requested:
             name = _ALIASES.get(raw, raw)
             if name not in FRAMEWORKS:
-                warnings.warn(f"cirron: unknown framework {raw!r} in profile(frameworks=...); "
-                              f"known: {', '.join(FRAMEWORKS)}.", CirronWarning, stacklevel=4)
+                warnings.warn(
+                    f"cirron: unknown framework {raw!r} in profile(frameworks=...); "
+                    f"known: {', '.join(FRAMEWORKS)}.",
+                    CirronWarning,
+                    stacklevel=4,
+                )
                 continue
             fw = FRAMEWORKS[name]
             if not _installed(fw):
-                raise CirronDependencyError.missing(fw.package, fw.extra,
-                                                    f"profile(frameworks=[{raw!r}])")
+                raise CirronDependencyError.missing(
+                    fw.package, fw.extra, f"profile(frameworks=[{raw!r}])"
+                )
             for m in fw.modules:  # asked for explicitly: importing it is what the user wants
                 if importlib.util.find_spec(m) is not None:
                     importlib.import_module(m)
@@ -150,7 +167,8 @@ def watch_model(cirron: Any, model: Any) -> None:
                 return
     raise CirronError(
         f"ci.watch() got a {type(model).__module__}.{type(model).__qualname__}; it takes a "
-        "torch.nn.Module or a Keras model.")
+        "torch.nn.Module or a Keras model."
+    )
 
 
 _WRAP_ORDER = ("sklearn", "onnx", "keras", "lightning", "torch")
@@ -174,7 +192,8 @@ def wrap(cirron: Any, obj: Any) -> Any:
         f"ci.wrap() does not know how to instrument a {type(obj).__module__}."
         f"{type(obj).__qualname__}. Supported: scikit-learn estimators, "
         "onnxruntime.InferenceSession, Keras models, LightningModules and torch.nn.Modules. "
-        "For other code, use ci.scope() and ci.mark().")
+        "For other code, use ci.scope() and ci.mark()."
+    )
 
 
 class _PostImportHook(importlib.abc.MetaPathFinder):
@@ -198,15 +217,18 @@ class _PostImportHook(importlib.abc.MetaPathFinder):
         if run_now:
             callback()
 
-    def find_spec(self, fullname: str, path: Any = None, target: Any = None
-                  ) -> importlib.machinery.ModuleSpec | None:
+    def find_spec(
+        self, fullname: str, path: Any = None, target: Any = None
+    ) -> importlib.machinery.ModuleSpec | None:
         if fullname not in self._pending:
             return None
         for finder in sys.meta_path:
             if finder is self:
                 continue
             find = getattr(finder, "find_spec", None)
-            spec = find(fullname, path, target) if find is not None else None
+            spec: importlib.machinery.ModuleSpec | None = (
+                find(fullname, path, target) if find is not None else None
+            )
             if spec is not None and spec.loader is not None:
                 spec.loader = _Loader(spec.loader, fullname)
                 return spec

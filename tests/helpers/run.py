@@ -25,11 +25,19 @@ def write_script(path: Path, code: str) -> Path:
     return path
 
 
-def run_py(code: str, cwd: Path, *, timeout: float = 60, env: dict[str, str] | None = None,
-           **kw: Any) -> subprocess.CompletedProcess[str]:
+def run_py(
+    code: str, cwd: Path, *, timeout: float = 60, env: dict[str, str] | None = None, **kw: Any
+) -> subprocess.CompletedProcess[str]:
     script = write_script(cwd / "prog.py", code)
-    return subprocess.run([sys.executable, str(script)], cwd=cwd, env=env or child_env(),
-                          capture_output=True, text=True, timeout=timeout, **kw)
+    return subprocess.run(
+        [sys.executable, str(script)],
+        cwd=cwd,
+        env=env or child_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kw,
+    )
 
 
 def spans_by_name(batches: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:

@@ -11,7 +11,9 @@ from typing import Any
 
 import jsonschema
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "cirron" / "schema" / "spool-batch-v1.schema.json"
+SCHEMA_PATH = (
+    Path(__file__).resolve().parents[2] / "cirron" / "schema" / "spool-batch-v1.schema.json"
+)
 BATCH_NAME = re.compile(r"^\d{20}-[0-9a-f]{32}\.json$")
 
 
