@@ -55,10 +55,11 @@ def _json_option(func: F) -> F:
 def _load(directory: Path) -> Any:
     from cirron.core.trace import load_dir, spool_dir_of
 
+    directory = directory.expanduser()
     if not directory.exists():
         raise click.ClickException(
-            f"no such directory: {directory}. Pass --dir with the .cirron directory that a "
-            "profiled run wrote (or its spool/ subdirectory)."
+            f"no such directory: {directory}. Run from the directory holding .cirron/, or pass "
+            "--dir with the .cirron directory a profiled run wrote (or its spool/ subdirectory)."
         )
     spool = spool_dir_of(directory)
     if not spool.is_dir():
