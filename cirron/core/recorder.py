@@ -606,34 +606,67 @@ class Recorder:
         The span covers fetching the item and the loop body; the fetch time is stored as the
         ``data_load_ns`` attribute (a DataLoader also gets a ``data_load`` child span).
         """
-        # Hot path: one iteration must stay well under a microsecond.
         it = iter(iterable)
         owners = self.owners
         owners["batch"] += 1
-        cls = self.Scope
-        i = 0
+        cur = self.cur
+        tb = self.buffer()
+        parent = self.live_parent(cur.get())
+        depth = parent.depth + 1 if parent is not None else 1
         s: Scope | None = None
         try:
+            if depth > MAX_DEPTH:  # too deep to record: iterate untouched, count the drops
+                for item in it:
+                    tb.depth_drops += 1
+                    yield item
+                return
+            # Hot path: one iteration must stay well under a microsecond, so the span is built
+            # here directly instead of through Scope.__init__/__enter__/__exit__.
+            new = object.__new__
+            cls = self.Scope
+            spans = tb.spans
+            next_id = tb.span_id_seq.__next__
+            next_close = tb.span_close_seq.__next__
+            base = tb.span_base
+            parent_id = parent.id if parent is not None else self.root_id
+            i = 0
             while True:
-                s = cls("batch", i)
-                s.__enter__()
+                s = new(cls)
+                s.name = "batch"
+                s.index = i
+                s.parent = parent
+                s.depth = depth
+                s._r = self
+                s.id = sid = base + next_id()
+                s.tb = tb
+                cur.set(s)
+                s.start = t0 = perf_counter_ns()
                 try:
-                    t0 = perf_counter_ns()
                     item = next(it)
-                except StopIteration:
-                    s.tb = None  # the fetch found nothing: this batch never existed
-                    if self.cur.get() is s:
-                        self.cur.set(s.parent)
+                except StopIteration:  # the fetch found nothing: this batch never existed
+                    s.tb = None
+                    if cur.get() is s:
+                        cur.set(parent)
                     s = None
                     return
-                s.attrs["data_load_ns"] = perf_counter_ns() - t0
+                s.attrs = attrs = {"data_load_ns": perf_counter_ns() - t0}
                 yield item
-                s.__exit__(None, None, None)
+                end = perf_counter_ns()
+                if s.tb is not None:
+                    s.tb = None
+                    c = cur.get()
+                    if c is s:
+                        cur.set(parent)
+                    else:
+                        self.unwind(s, c)
+                    spans.append((sid, parent_id, "batch", i, t0, end, attrs, None, next_close()))
                 s = None
                 i += 1
         finally:
             owners["batch"] -= 1
-            if s is not None:  # break, exception or close() inside the body
+            if s is not None and s.tb is not None:  # break, exception or close() in the body
+                if not hasattr(s, "attrs"):
+                    s.attrs = {}
                 s.__exit__(None, None, None)
 
     # -- faults --------------------------------------------------------------------------------

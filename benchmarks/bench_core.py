@@ -1,0 +1,282 @@
+"""Hot-path costs of the core, against the budgets of DESIGN.md §4.
+
+Every number is a median over interleaved rounds in one process: a bare baseline round, then the
+same loop with cirron, alternately, so machine noise hits both alike. The profiler is active
+and the garbage collector on. Costs are reported as (profiled - baseline) per operation.
+
+    .venv/bin/python benchmarks/bench_core.py            # full run (~1 min)
+    .venv/bin/python benchmarks/bench_core.py --quick    # a smoke run
+
+Writes benchmarks/results/core.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from time import perf_counter_ns
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import cirron as ci  # noqa: E402
+
+BUDGETS_NS = {"mark": 300, "scope": 700, "batches": 500}
+
+
+def interleaved(
+    bare: Callable[[int], None], timed: Callable[[int], None], n: int, rounds: int
+) -> tuple[float, float]:
+    """Median ns per iteration of ``bare`` and ``timed``, measured alternately."""
+    b, t = [], []
+    for _ in range(rounds):
+        for fn, out in ((bare, b), (timed, t)):
+            t0 = perf_counter_ns()
+            fn(n)
+            out.append((perf_counter_ns() - t0) / n)
+        ci.flush()
+    return statistics.median(b), statistics.median(t)
+
+
+def bench_mark(n: int, rounds: int) -> dict[str, float]:
+    mark = ci.mark
+
+    def bare(k: int) -> None:
+        def f(name: str, value: float, *, kind: str = "point", **attrs: object) -> None:
+            pass
+
+        for _ in range(k):
+            f("loss", 0.5)
+
+    def timed(k: int) -> None:
+        for _ in range(k):
+            mark("loss", 0.5)
+
+    base, with_ci = interleaved(bare, timed, n, rounds)
+    return {"baseline_ns": base, "total_ns": with_ci, "cost_ns": with_ci - base}
+
+
+def bench_scope(n: int, rounds: int) -> dict[str, float]:
+    scope = ci.scope
+
+    class Null:
+        __slots__ = ("name",)
+
+        def __init__(self, name: str, index: int | None = None, **attrs: object) -> None:
+            self.name = name
+
+        def __enter__(self) -> Null:
+            return self
+
+        def __exit__(self, *a: object) -> None:
+            return None
+
+    def bare(k: int) -> None:
+        for _ in range(k):
+            with Null("step"):
+                pass
+
+    def timed(k: int) -> None:
+        for _ in range(k):
+            with scope("step"):
+                pass
+
+    base, with_ci = interleaved(bare, timed, n, rounds)
+    # The cost of cirron's scope is everything beyond a plain `for` loop: the baseline here is
+    # an empty context manager, reported separately so the total can be judged too.
+    loop = _loop_ns(n)
+    return {"empty_cm_ns": base - loop, "total_ns": with_ci - loop, "cost_ns": with_ci - base}
+
+
+def _loop_ns(n: int) -> float:
+    t0 = perf_counter_ns()
+    for _ in range(n):
+        pass
+    return (perf_counter_ns() - t0) / n
+
+
+def bench_batches(n: int, rounds: int) -> dict[str, float]:
+    data = list(range(n))
+
+    def bare(k: int) -> None:
+        for _ in data[:k]:
+            pass
+
+    def timed(k: int) -> None:
+        for _ in ci.batches(data[:k]):
+            pass
+
+    base, with_ci = interleaved(bare, timed, n, rounds)
+    return {"baseline_ns": base, "total_ns": with_ci, "cost_ns": with_ci - base}
+
+
+def bench_import(runs: int) -> dict[str, float]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CIRRON_")}
+    env["PYTHONPATH"] = str(ROOT)
+
+    def run(code: str) -> float:
+        t0 = perf_counter_ns()
+        subprocess.run([sys.executable, "-c", code], env=env, check=True)
+        return (perf_counter_ns() - t0) / 1e6
+
+    bare, with_ci = [], []
+    for _ in range(runs):
+        bare.append(run("pass"))
+        with_ci.append(run("import cirron"))
+    code = (
+        "import sys, time; t=time.perf_counter(); import cirron; print((time.perf_counter()-t)*1e3)"
+    )
+    inproc = [
+        float(
+            subprocess.run(
+                [sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True
+            ).stdout
+        )
+        for _ in range(runs)
+    ]
+    return {
+        "import_ms_in_process": statistics.median(inproc),
+        "process_delta_ms": statistics.median(with_ci) - statistics.median(bare),
+    }
+
+
+def bench_memory(total: int) -> dict[str, float]:
+    import psutil
+
+    proc = psutil.Process()
+    gc.collect()
+
+    def full_gc_ms() -> float:
+        t0 = perf_counter_ns()
+        gc.collect()
+        return (perf_counter_ns() - t0) / 1e6
+
+    gc_before = statistics.median(full_gc_ms() for _ in range(5))
+    rss0 = proc.memory_info().rss
+    step = total // 10
+    rss_series = []
+    for i in range(10):
+        with ci.scope("chunk", index=i):
+            for k in range(step):
+                ci.mark("v", k)
+        rss_series.append(proc.memory_info().rss - rss0)
+    ci.flush()
+    gc_after = statistics.median(full_gc_ms() for _ in range(5))
+    return {
+        "marks": total,
+        "rss_growth_mb_after_10pct": rss_series[0] / 2**20,
+        "rss_growth_mb_at_end": rss_series[-1] / 2**20,
+        "full_gc_ms_before": gc_before,
+        "full_gc_ms_after": gc_after,
+        "mark_drops": ci.health()["drops"]["marks"],
+    }
+
+
+def bench_stall(seconds: float, rate: int) -> dict[str, float]:
+    """Largest gap between consecutive 100 µs ticks of a training-like loop marking at
+    ``rate`` marks/s, with the flusher working every 50 ms, vs the same loop bare."""
+    period_ns = 1_000_000_000 // rate
+
+    def run(profiled: bool) -> list[int]:
+        gaps = []
+        end = perf_counter_ns() + int(seconds * 1e9)
+        last = perf_counter_ns()
+        nxt = last
+        while last < end:
+            nxt += period_ns
+            while perf_counter_ns() < nxt:
+                pass
+            if profiled:
+                ci.mark("loss", 0.5, step=1)
+            now = perf_counter_ns()
+            gaps.append(now - last)
+            last = now
+        return gaps
+
+    bare_max, prof_max = [], []
+    for _ in range(3):
+        bare_max.append(max(run(False)) / 1e6)
+        prof_max.append(max(run(True)) / 1e6)
+    return {
+        "rate_marks_per_s": rate,
+        "max_gap_ms_bare": statistics.median(bare_max),
+        "max_gap_ms_profiled": statistics.median(prof_max),
+        "stall_ms": max(0.0, statistics.median(prof_max) - statistics.median(bare_max)),
+        "flush_latency_max_ms": ci.health()["flush_latency_max_ns"] / 1e6,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    n, rounds = (20_000, 5) if args.quick else (100_000, 15)
+    os.chdir(tempfile.mkdtemp(prefix="cirron-bench-"))
+    results: dict[str, object] = {"python": sys.version.split()[0], "cpus": os.cpu_count()}
+    results["import"] = bench_import(5 if args.quick else 15)
+    ci.profile(frameworks=[], flush_interval=0.05)
+    results["mark"] = bench_mark(n, rounds)
+    results["scope"] = bench_scope(n, rounds)
+    results["batches"] = bench_batches(n, rounds)
+    results["stall"] = bench_stall(0.5 if args.quick else 2.0, 10_000)
+    results["memory"] = bench_memory(200_000 if args.quick else 1_000_000)
+    ci.shutdown()
+    rows = [
+        (
+            "import cirron (in process)",
+            f"{results['import']['import_ms_in_process']:.1f} ms",
+            "≤ 50 ms",
+        ),
+        (
+            "ci.mark",
+            f"{results['mark']['total_ns']:.0f} ns (+{results['mark']['cost_ns']:.0f} "
+            "over an empty call)",
+            "≤ 300 ns",
+        ),
+        (
+            "with ci.scope()",
+            f"{results['scope']['total_ns']:.0f} ns (empty `with`: "
+            f"{results['scope']['empty_cm_ns']:.0f} ns)",
+            "≤ 700 ns",
+        ),
+        ("ci.batches, per item", f"{results['batches']['cost_ns']:.0f} ns", "≤ 500 ns"),
+        (
+            "flusher stall at 10k marks/s",
+            f"{results['stall']['stall_ms']:.2f} ms "
+            f"(max gap {results['stall']['max_gap_ms_profiled']:.2f} vs "
+            f"{results['stall']['max_gap_ms_bare']:.2f} ms bare)",
+            "≤ 10 ms",
+        ),
+        (
+            "RSS growth, 1M marks",
+            f"{results['memory']['rss_growth_mb_at_end']:.1f} MB "
+            f"(after 10%: {results['memory']['rss_growth_mb_after_10pct']:.1f} MB)",
+            "bounded",
+        ),
+        (
+            "full gc pass before/after",
+            f"{results['memory']['full_gc_ms_before']:.1f} / "
+            f"{results['memory']['full_gc_ms_after']:.1f} ms",
+            "no growth",
+        ),
+    ]
+    width = max(len(r[0]) for r in rows)
+    for name, value, budget in rows:
+        print(f"{name:<{width}}  {value:<55} {budget}")
+    out = ROOT / "benchmarks" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "core.json").write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    threading.current_thread().name = "bench"
+    main()

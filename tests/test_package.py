@@ -1,0 +1,129 @@
+"""The package's public face: what `import cirron` costs, imports and exports."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cirron
+from cirron.core import errors
+from tests.helpers.run import child_env
+
+FRAMEWORKS = (
+    "torch",
+    "tensorflow",
+    "keras",
+    "lightning",
+    "pytorch_lightning",
+    "sklearn",
+    "onnxruntime",
+    "jax",
+    "pandas",
+    "pyarrow",
+    "pydantic",
+    "yaml",
+    "requests",
+    "click",
+    "rich",
+)
+
+
+def test_import_cirron_imports_no_framework_and_no_heavy_dependency(tmp_path: Path) -> None:
+    code = (
+        "import sys, json, cirron as ci\n"
+        "ci.mark('x', 1)\n"
+        "with ci.scope('s'):\n    pass\n"
+        f"print(json.dumps([m for m in {FRAMEWORKS!r} if m in sys.modules]))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert json.loads(out) == []
+
+
+def test_profile_with_nothing_imported_still_imports_no_framework(tmp_path: Path) -> None:
+    code = (
+        "import sys, json, cirron as ci\n"
+        "ci.profile()\n"
+        "for _ in ci.epochs(range(2)):\n    ci.mark('x', 1)\n"
+        "ci.shutdown()\n"
+        f"print(json.dumps([m for m in {FRAMEWORKS[:9]!r} if m in sys.modules]))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert json.loads(out) == []
+
+
+def test_public_names_are_pinned() -> None:
+    assert sorted(cirron.__all__) == sorted(
+        [
+            "Cirron",
+            "CirronConfigError",
+            "CirronDataSizeError",
+            "CirronDatasetNotFound",
+            "CirronDependencyError",
+            "CirronError",
+            "CirronPlatformRequired",
+            "CirronSecretNotFound",
+            "CirronWarning",
+            "CirronYamlError",
+            "Profiler",
+            "Scope",
+            "__version__",
+            "batches",
+            "env",
+            "epochs",
+            "flush",
+            "health",
+            "inference",
+            "mark",
+            "profile",
+            "scope",
+            "secret",
+            "shutdown",
+            "trace",
+            "watch",
+            "wrap",
+        ]
+    )
+    for name in cirron.__all__:
+        assert getattr(cirron, name) is not None
+
+
+def test_error_hierarchy() -> None:
+    for cls in (
+        errors.CirronConfigError,
+        errors.CirronYamlError,
+        errors.CirronSecretNotFound,
+        errors.CirronDependencyError,
+        errors.CirronDatasetNotFound,
+        errors.CirronPlatformRequired,
+        errors.CirronDataSizeError,
+    ):
+        assert issubclass(cls, errors.CirronError)
+        assert getattr(cirron, cls.__name__) is cls
+    assert issubclass(errors.CirronConfigError, ValueError)
+    e = errors.CirronDependencyError.missing("pandas", "pandas", "ci.trace(format='df')")
+    assert e.pip_line == "pip install 'cirron-sdk[pandas]'" and e.pip_line in str(e)
+    assert str(errors.CirronSecretNotFound("no secret 'x'")) == "no secret 'x'"
+
+
+def test_schema_shipped_matches_the_published_one() -> None:
+    shipped = Path(cirron.__file__).parent / "schema" / "spool-batch-v1.schema.json"
+    published = Path(__file__).resolve().parents[2] / "shared" / "spec" / shipped.name
+    assert json.loads(shipped.read_text())["$id"] == "cirron/spool-batch-v1.schema.json"
+    if published.exists():  # beside the repository on the project's machines
+        assert json.loads(shipped.read_text()) == json.loads(published.read_text())
