@@ -15,7 +15,7 @@ import pytest
 
 from cirron.core.errors import CirronDependencyError
 from cirron.core.otel import span_id_of
-from cirron.core.trace import TraceData, export, load_dir, snapshot_table
+from cirron.core.trace import AmbiguousSpan, TraceData, export, load_dir, snapshot_table
 from tests.helpers.spoolgen import T0, Run, write_training_run
 
 
@@ -253,3 +253,12 @@ def test_snapshot_table_for_one_epoch_span_by_prefix(run: Run, data: TraceData) 
     rows = snapshot_table(data, run.epoch_ids[1])
     assert {r["span_id"] for r in rows} == {run.epoch_ids[1]} and len(rows) == 3
     assert snapshot_table(data, "ffffffff") == []
+
+
+def test_snapshot_span_lookup_by_suffix_and_shared_prefix_is_ambiguous(
+    run: Run, data: TraceData
+) -> None:
+    assert {r["epoch"] for r in snapshot_table(data, run.epoch_ids[0][-5:])} == {0}
+    with pytest.raises(AmbiguousSpan) as exc:
+        snapshot_table(data, run.epoch_ids[0][:16])  # one process: every id starts the same
+    assert exc.value.matches == sorted(run.epoch_ids)

@@ -11,26 +11,32 @@ superseded later, duplicates from at-least-once delivery, corrupt or foreign fil
 >>> render(data)
 'no spans recorded yet'
 
-The output side lives in :mod:`cirron.core.trace_render` (tree, dict, json, DataFrame, summary),
+Finding and reading the files is :mod:`cirron.core.trace_files`; the output side lives in
+:mod:`cirron.core.trace_render` (tree, dict, json, DataFrame, summary),
 :mod:`cirron.core.trace_export` (json, csv, parquet, snapshot tables) and :mod:`cirron.core.otel`
 (OTLP/JSON); their public functions are re-exported here.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import socket
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from cirron.core.errors import CirronError
+from cirron.core.trace_files import (
+    BATCH_NAME,
+    SUPPORTED_SCHEMA_VERSIONS,
+    iter_batches,
+    spool_dir_of,
+)
 
 __all__ = [
+    "BATCH_NAME",
     "SUPPORTED_SCHEMA_VERSIONS",
     "AmbiguousSession",
     "AmbiguousSpan",
@@ -50,8 +56,6 @@ __all__ = [
     "summary",
 ]
 
-SUPPORTED_SCHEMA_VERSIONS = frozenset({1})
-BATCH_NAME = re.compile(r"^\d{20}-[0-9a-f]{32}\.json$")
 SESSION = "cirron.session"
 UNKNOWN_STATUS = "unknown (no clean exit)"
 
@@ -76,77 +80,6 @@ class AmbiguousSpan(CirronError, LookupError):
     def __init__(self, message: str, matches: list[str]) -> None:
         super().__init__(message)
         self.matches = matches
-
-
-# -- files -------------------------------------------------------------------------------------
-
-
-def spool_dir_of(path: Path) -> Path:
-    """The spool directory for ``path``: the ``.cirron`` root (``path/spool``) or the spool itself.
-
-    >>> spool_dir_of(Path("/nonexistent/.cirron"))
-    PosixPath('/nonexistent/.cirron/spool')
-    """
-    if path.name != "spool" and (path / "spool").is_dir():
-        return path / "spool"
-    if path.name == "spool" or any(BATCH_NAME.match(p.name) for p in _listdir(path)):
-        return path
-    return path / "spool"
-
-
-def _listdir(path: Path) -> list[Path]:
-    try:
-        return list(path.iterdir())
-    except OSError:
-        return []
-
-
-def iter_batches(
-    spool_dir: Path, *, on_warning: Callable[[str], None] | None = None
-) -> Iterator[tuple[Path, Record]]:
-    """Yield ``(path, batch)`` for every batch file in ``spool_dir``, oldest first.
-
-    Only names ``<created_ns:020d>-<batch_id>.json`` count; anything else (``.json.tmp``,
-    the upload ledger) is ignored. A corrupt, truncated or non-object file and an unknown
-    ``schema_version`` are reported through ``on_warning`` (naming the file) and skipped; a file
-    that vanishes between listing and reading (evicted at the cap) is skipped silently.
-
-    >>> list(iter_batches(Path("/nonexistent")))
-    []
-    """
-    warn = on_warning or (lambda _msg: None)
-    names = sorted(p.name for p in _listdir(Path(spool_dir)) if BATCH_NAME.match(p.name))
-    for name in names:
-        path = Path(spool_dir) / name
-        batch = _read_batch(path, warn)
-        if batch is not None:
-            yield path, batch
-
-
-def _read_batch(path: Path, warn: Callable[[str], None]) -> Record | None:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return None
-    except (OSError, UnicodeDecodeError) as exc:
-        warn(f"{path}: unreadable ({exc}); skipped")
-        return None
-    try:
-        batch = json.loads(text)
-    except ValueError as exc:
-        warn(f"{path}: not valid JSON, corrupt or truncated ({exc}); skipped")
-        return None
-    if not isinstance(batch, dict):
-        warn(f"{path}: not a spool batch (a JSON {type(batch).__name__}, not an object); skipped")
-        return None
-    version = batch.get("schema_version")
-    if version not in SUPPORTED_SCHEMA_VERSIONS:
-        warn(
-            f"{path}: schema_version {version!r} is not supported by this cirron "
-            f"(reads {sorted(SUPPORTED_SCHEMA_VERSIONS)}); skipped. Upgrade cirron-sdk to read it."
-        )
-        return None
-    return batch
 
 
 # -- the merged data ---------------------------------------------------------------------------

@@ -223,12 +223,13 @@ def snapshot_table(
 ) -> list[dict[str, Any]]:
     """Per-epoch weight and gradient statistics, one row per tensor.
 
-    ``span_id`` (an epoch span id, or a unique prefix or suffix of one) picks one epoch; otherwise every snapshot
-    of the session (default: the newest) is listed, by epoch, then weights before gradients.
+    ``span_id`` (an epoch span id, or a unique prefix or suffix of one) picks one epoch;
+    otherwise every snapshot of the session (default: the newest) is listed, by epoch, then
+    weights before gradients.
     """
     if span_id is not None:
-        wanted = _match_span(sorted({r["span_id"] for r in data.snapshots.values()}), span_id)
-        recs = [r for r in data.snapshots.values() if r["span_id"] == wanted]
+        one = _match_span(sorted({r["span_id"] for r in data.snapshots.values()}), span_id)
+        recs = [r for r in data.snapshots.values() if r["span_id"] == one]
     else:
         wanted = {s for sid in resolve_sessions(data, session_id) for s in data.spans_of(sid)}
         recs = [r for r in data.snapshots.values() if r["span_id"] in wanted]
