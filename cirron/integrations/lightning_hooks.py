@@ -1,0 +1,559 @@
+"""The Lightning hooks behind :class:`cirron.integrations.lightning.CirronCallback`.
+
+:class:`CallbackHooks` imports no Lightning: :func:`cirron.integrations.lightning.callback_class`
+mixes it with each namespace's ``Callback``. It drives the core's primitives only:
+
+* ``setup``: start profiling if nothing runs yet, take ownership of the ``epoch`` and ``batch``
+  levels (``rec.owners``) so the torch hooks only add children, stamp rank and world size, watch
+  the LightningModule for per-epoch weight/gradient statistics;
+* training: ``epoch`` (index ``trainer.current_epoch``) → ``batch`` (index ``batch_idx``) with
+  ``data_load`` / ``forward`` / ``backward`` / ``optimizer_step`` children recorded after the
+  fact with ``rec.span``; ``validation`` / ``test`` / ``predict`` runs hold ``batch`` spans with
+  attr ``phase``;
+* marks: the step loss per training batch (``point``); ``callback_metrics``, learning rates,
+  batch size, samples and samples/s, checkpoints and early stopping on the epoch (``summary``);
+* ``teardown`` / ``on_exception``: close what is open and give the levels back. The session stays
+  open for later fits; it closes at ``ci.shutdown()`` or interpreter exit.
+
+Every hook catches its own faults (``rec.internal_error``) so nothing raises into training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from time import perf_counter_ns
+from typing import Any
+
+from cirron.core.errors import CirronError
+
+__all__ = ["CallbackHooks"]
+
+_SNAPSHOT_MODES = ("stats", "sampled", "full")
+
+
+class _Scaled:
+    """A 0-d value the recorder converts off the training thread: ``tensor.item() * k``.
+
+    Lightning divides the loss it hands to ``on_train_batch_end`` by ``accumulate_grad_batches``;
+    this undoes that without a tensor op or a device sync on the training thread.
+    """
+
+    __slots__ = ("k", "t")
+    shape = ()
+
+    def __init__(self, t: Any, k: float) -> None:
+        self.t = t
+        self.k = k
+
+    def item(self) -> float:
+        return float(self.t.item()) * self.k
+
+
+def _size(batch: Any) -> int | None:
+    """The batch size: the first dimension of the first tensor found in ``batch``."""
+    for _ in range(8):
+        shape = getattr(batch, "shape", None)
+        if shape is not None:
+            return int(shape[0]) if len(shape) else None
+        if isinstance(batch, Mapping):
+            batch = next(iter(batch.values()), None)
+        elif isinstance(batch, (list, tuple)) and batch:
+            batch = batch[0]
+        else:
+            return len(batch) if isinstance(batch, (list, tuple)) else None
+    return None
+
+
+class CallbackHooks:
+    """Lightning-agnostic hook implementations; see the module docstring."""
+
+    _namespaces: tuple[str, ...] = ()
+
+    def __init__(self, cirron: Any = None, *, snapshots: str | bool | None = None,
+                 batch_marks: bool = True, log_every_n_batches: int = 1,
+                 epoch_marks: bool = True) -> None:
+        if snapshots is not None and snapshots is not False and snapshots not in _SNAPSHOT_MODES:
+            raise ValueError(f"CirronCallback(snapshots={snapshots!r}): use None, False or one "
+                             f"of {', '.join(map(repr, _SNAPSHOT_MODES))}")
+        if int(log_every_n_batches) < 1:
+            raise ValueError("CirronCallback(log_every_n_batches=...) must be at least 1")
+        self._options = {"snapshots": snapshots, "batch_marks": batch_marks,
+                         "log_every_n_batches": int(log_every_n_batches),
+                         "epoch_marks": epoch_marks}
+        self._target = cirron
+        self._snapshots = snapshots
+        self._batch_marks = bool(batch_marks)
+        self._every = int(log_every_n_batches)
+        self._epoch_marks = bool(epoch_marks)
+        self._rec: Any = None  # the recorder while active; None makes every hook a no-op
+        self._reset()
+
+    def _reset(self) -> None:
+        self._owners: dict[str, int] | None = None
+        self._epoch: Any = None  # the open training epoch scope
+        self._eval: Any = None  # the open validation/test/predict scope
+        self._batch: Any = None  # the open batch scope
+        self._phase = "validation"
+        self._eval_before: dict[str, Any] = {}
+        self._t_prev = 0  # end of the previous batch (or start of the epoch/run)
+        self._fwd = self._bwd = self._opt = 0  # pending child span starts, 0 = none
+        self._n = 0  # training batches since the last loss mark
+        self._nb = 0  # training batches in this epoch
+        self._bs: int | None = None
+        self._last_batch: Any = None
+        self._epoch_t0 = self._train_end = 0
+        self._scale = 1.0
+        self._ckpts: list[tuple[int, int]] = []
+        self._handles: list[Any] = []
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        from cirron.integrations.lightning import _rebuild
+
+        options = dict(self._options)
+        if self._target is not None:
+            options["cirron"] = self._target
+        return (_rebuild, (self._namespaces, options))
+
+    def __repr__(self) -> str:
+        state = "active" if self._rec is not None else "idle"
+        return f"<cirron CirronCallback {state} namespaces={list(self._namespaces)}>"
+
+    def _fault(self, where: str, exc: BaseException) -> None:
+        rec = self._rec
+        if rec is None:
+            import cirron
+
+            rec = (self._target or cirron._get())._rec
+        rec.internal_error(f"lightning {where}", exc)
+
+    # -- fit / validate / test / predict lifetime --------------------------------------------
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        try:
+            self._activate(trainer, pl_module)
+        except CirronError:
+            raise  # a configuration error the user must see (bad setting, cirron.yaml)
+        except Exception as exc:
+            self._rec = None
+            self._fault("setup", exc)
+
+    def _activate(self, trainer: Any, pl_module: Any) -> None:
+        import cirron
+
+        if self._rec is not None:  # setup without teardown (an earlier run died): start clean
+            self._finish(None)
+        c = self._target if self._target is not None else cirron._get()
+        if self._duplicate(trainer, c):
+            return
+        p = c.profiler
+        if not c.profiling:
+            if p is not None and not p.enabled:
+                return  # profile(enabled=False): record nothing
+            mode = self._snapshots if isinstance(self._snapshots, str) else None
+            p = c.profile(snapshots=mode)
+        rec = self._rec = c._rec
+        self._reset()
+        self._owners = rec.owners
+        self._owners["epoch"] += 1
+        self._owners["batch"] += 1
+        self._stamp_rank(trainer, p)
+        if self._snapshots is not False and pl_module is not None:
+            try:
+                c.watch(pl_module)
+            except Exception as exc:  # never fail a fit over statistics
+                self._fault("watch", exc)
+
+    def _duplicate(self, trainer: Any, c: Any) -> bool:
+        """Another CirronCallback on this trainer records into the same instance first."""
+        import cirron
+
+        for cb in getattr(trainer, "callbacks", ()) or ():
+            if cb is self:
+                return False
+            if isinstance(cb, CallbackHooks) and (cb._target or cirron._get()) is c:
+                return True
+        return False
+
+    def _stamp_rank(self, trainer: Any, p: Any) -> None:
+        """Under DDP the launcher's environment may lack ``RANK``: take it from the trainer."""
+        world = int(getattr(trainer, "world_size", 1) or 1)
+        session = getattr(p, "session", None)
+        if session is None:
+            return
+        session.attrs.setdefault("framework_adapter", "lightning")
+        if world > 1:
+            rank = int(trainer.global_rank)
+            session.attrs.update(rank=rank, local_rank=int(trainer.local_rank), world_size=world,
+                                 node_rank=int(getattr(trainer, "node_rank", 0)))
+            if getattr(p, "sealer", None) is not None:
+                p.sealer.rank = rank
+
+    def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if self._rec is not None:
+            try:
+                self._finish(trainer)
+            except Exception as exc:
+                self._fault("teardown", exc)
+
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        if self._rec is not None:
+            try:
+                for scope in (self._batch, self._eval, self._epoch):
+                    if scope is not None:
+                        scope.attrs["exception"] = type(exception).__name__
+                self._finish(trainer)
+            except Exception as exc:
+                self._fault("on_exception", exc)
+
+    def _finish(self, trainer: Any) -> None:
+        """Close everything still open, remove optimizer hooks, give the levels back."""
+        rec = self._rec
+        for scope in (self._batch, self._eval):
+            if scope is not None:
+                rec.close(scope)
+        self._batch = self._eval = None
+        self._close_epoch(trainer)
+        self._remove_step_hooks()
+        owners = self._owners
+        if owners is not None:
+            owners["epoch"] = max(0, owners["epoch"] - 1)
+            owners["batch"] = max(0, owners["batch"] - 1)
+        self._owners = None
+        self._last_batch = None
+        self._rec = None
+
+    # -- training -------------------------------------------------------------------------------
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        if self._rec is None:
+            return
+        try:
+            k = getattr(trainer, "accumulate_grad_batches", 1) or 1
+            self._scale = float(k) if getattr(pl_module, "automatic_optimization", True) else 1.0
+            self._remove_step_hooks()
+            for opt in getattr(trainer, "optimizers", ()) or ():
+                register = getattr(opt, "register_step_post_hook", None)
+                if register is not None:
+                    self._handles.append(register(self._after_step))
+        except Exception as exc:
+            self._fault("on_train_start", exc)
+
+    def _remove_step_hooks(self) -> None:
+        while self._handles:
+            self._handles.pop().remove()
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        if self._rec is None:
+            return
+        try:
+            self._close_epoch(trainer)
+            self._remove_step_hooks()
+        except Exception as exc:
+            self._fault("on_train_end", exc)
+
+    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        rec = self._rec
+        if rec is None:
+            return
+        try:
+            self._close_epoch(trainer)
+            epoch = self._epoch = rec.open("epoch", int(trainer.current_epoch), structural=True)
+            self._t_prev = self._epoch_t0 = self._train_end = perf_counter_ns()
+            if epoch.tb is not None:
+                epoch.start = self._t_prev
+            self._nb = 0
+            self._bs = None
+        except Exception as exc:
+            self._fault("on_train_epoch_start", exc)
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any,
+                             batch_idx: int) -> None:
+        # Hot path: one scope, one retroactive span, a few attribute stores.
+        rec = self._rec
+        if rec is None:
+            return
+        try:
+            now = perf_counter_ns()
+            if self._batch is not None:  # the previous batch never ended (skipped epoch rest)
+                self._batch.close()
+            s = rec.Scope("batch", batch_idx)
+            s.__enter__()
+            if s.tb is None:  # too deep to record
+                self._batch = None
+                return
+            t0 = self._t_prev or now
+            s.start = t0
+            rec.span("data_load", t0, now, parent=s)
+            self._batch = s
+            self._fwd = now
+            self._bwd = self._opt = 0
+            self._last_batch = batch
+            nb = self._nb = self._nb + 1
+            if nb == 1:
+                self._bs = _size(batch)
+        except Exception as exc:
+            self._fault("on_train_batch_start", exc)
+
+    def on_before_backward(self, trainer: Any, pl_module: Any, loss: Any) -> None:
+        # Hot path.
+        b = self._batch
+        if b is None:
+            return
+        now = perf_counter_ns()
+        f = self._fwd
+        if f:
+            self._rec.span("forward", f, now, parent=b)
+            self._fwd = 0
+        self._bwd = now
+
+    def on_after_backward(self, trainer: Any, pl_module: Any) -> None:
+        # Hot path.
+        b = self._batch
+        if b is None or not self._bwd:
+            return
+        self._rec.span("backward", self._bwd, perf_counter_ns(), parent=b)
+        self._bwd = 0
+
+    def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
+        # Hot path: the step itself runs next; ``_after_step`` (a torch post-step hook) or the
+        # batch end closes the span.
+        if self._batch is not None:
+            self._opt = perf_counter_ns()
+
+    def _after_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        # Hot path (torch optimizer post-step hook).
+        o = self._opt
+        b = self._batch
+        if o and b is not None:
+            self._rec.span("optimizer_step", o, perf_counter_ns(), parent=b)
+            self._opt = 0
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        # Hot path: close pending children, maybe one deferred loss mark, close the batch.
+        b = self._batch
+        if b is None:
+            return
+        rec = self._rec
+        try:
+            now = perf_counter_ns()
+            if self._opt:
+                rec.span("optimizer_step", self._opt, now, parent=b)
+                self._opt = 0
+            if self._fwd:  # no backward in this batch (manual optimisation, None loss)
+                rec.span("forward", self._fwd, now, parent=b)
+                self._fwd = 0
+            if self._batch_marks:
+                n = self._n = self._n + 1
+                if n >= self._every:
+                    self._n = 0
+                    self._mark_loss(rec, outputs)
+            b.close()
+        except Exception as exc:
+            self._fault("on_train_batch_end", exc)
+        self._batch = None
+        self._t_prev = self._train_end = perf_counter_ns()
+
+    def _mark_loss(self, rec: Any, outputs: Any) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+        if loss is None or isinstance(loss, (list, tuple)):
+            return
+        k = self._scale
+        rec.mark("loss", loss if k == 1.0 or isinstance(loss, (int, float)) else _Scaled(loss, k))
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        rec = self._rec
+        if rec is None or self._epoch is None or not self._epoch_marks:
+            return
+        try:
+            self._mark_learning_rates(rec, trainer)
+            self._mark_throughput(rec)
+        except Exception as exc:
+            self._fault("on_train_epoch_end", exc)
+
+    def _mark_learning_rates(self, rec: Any, trainer: Any) -> None:
+        optimizers = list(getattr(trainer, "optimizers", ()) or ())
+        groups = [(i, j, g) for i, opt in enumerate(optimizers)
+                  for j, g in enumerate(opt.param_groups)]
+        for i, j, group in groups:
+            if "lr" not in group:
+                continue
+            name = "lr" if len(groups) == 1 else (
+                f"lr/pg{j}" if len(optimizers) == 1 else f"lr/opt{i}/pg{j}")
+            rec.mark(name, group["lr"], kind="summary", optimizer=i, param_group=j)
+
+    def _mark_throughput(self, rec: Any) -> None:
+        n, bs = self._nb, self._bs
+        if not n:
+            return
+        rec.mark("batches", n, kind="summary")
+        if bs is None:
+            return
+        last = _size(self._last_batch)
+        samples = (n - 1) * bs + (last if last is not None else bs)
+        rec.mark("batch_size", bs, kind="summary")
+        rec.mark("samples", samples, kind="summary")
+        seconds = (self._train_end - self._epoch_t0) / 1e9
+        if seconds > 0:
+            rec.mark("samples_per_s", samples / seconds, kind="summary")
+
+    def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: Any) -> None:
+        rec = self._rec
+        if rec is None:
+            return
+        try:
+            step, epoch = int(trainer.global_step), int(trainer.current_epoch)
+            if self._epoch is not None:  # marked on the epoch when it closes
+                self._ckpts.append((step, epoch))
+            else:
+                rec.mark("checkpoint", step, epoch=epoch)
+        except Exception as exc:
+            self._fault("on_save_checkpoint", exc)
+
+    def _close_epoch(self, trainer: Any) -> None:
+        """Close the training epoch: after Lightning's own epoch-end work (checkpoints, early
+        stopping, metrics logged in ``LightningModule.on_train_epoch_end``), so those land on it."""
+        epoch = self._epoch
+        if epoch is None:
+            return
+        self._epoch = None
+        rec = self._rec
+        if self._batch is not None:  # a batch the loop abandoned (on_train_batch_start -> -1)
+            self._batch.close()
+            self._batch = None
+        try:
+            if trainer is not None and self._epoch_marks:
+                for key, value in list(getattr(trainer, "callback_metrics", {}).items()):
+                    rec.mark(key, value, kind="summary")
+            if trainer is not None:
+                self._mark_epoch_events(rec, trainer)
+        finally:
+            self._ckpts = []
+            self._last_batch = None
+            rec.close(epoch)
+
+    def _mark_epoch_events(self, rec: Any, trainer: Any) -> None:
+        for step, epoch in self._ckpts:
+            rec.mark("checkpoint", step, epoch=epoch)
+        if self._ckpts:
+            best = getattr(getattr(trainer, "checkpoint_callback", None), "best_model_path", "")
+            if best:
+                rec.mark("best_checkpoint", str(best), kind="summary")
+        if getattr(trainer, "should_stop", False):
+            attrs: dict[str, Any] = {"reason": "should_stop"}
+            for cb in getattr(trainer, "early_stopping_callbacks", ()) or ():
+                if getattr(cb, "stopped_epoch", 0) or getattr(cb, "wait_count", 0):
+                    attrs = {"reason": "early_stopping", "monitor": cb.monitor,
+                             "patience": cb.patience, "wait_count": cb.wait_count,
+                             "best_score": cb.best_score}
+                    break
+            rec.mark("early_stop", True, kind="summary", **attrs)
+
+    # -- validation / test / predict -------------------------------------------------------------
+
+    def _eval_start(self, trainer: Any, phase: str) -> None:
+        rec = self._rec
+        if rec is None:
+            return
+        try:
+            if self._eval is not None:
+                rec.close(self._eval)
+            attrs = {"sanity_check": True} if getattr(trainer, "sanity_checking", False) else None
+            self._eval = rec.open(phase, None, attrs)
+            self._phase = phase
+            self._eval_before = dict(getattr(trainer, "callback_metrics", {}))
+            self._t_prev = perf_counter_ns()
+        except Exception as exc:
+            self._fault(f"on_{phase}_start", exc)
+
+    def _eval_end(self, trainer: Any) -> None:
+        rec = self._rec
+        scope = self._eval
+        if rec is None or scope is None:
+            return
+        try:
+            if self._batch is not None:
+                self._batch.close()
+                self._batch = None
+            if self._epoch_marks:
+                before = self._eval_before
+                for key, value in list(getattr(trainer, "callback_metrics", {}).items()):
+                    if before.get(key) is not value:  # logged during this run
+                        rec.mark(key, value, kind="summary")
+        except Exception as exc:
+            self._fault(f"on_{self._phase}_end", exc)
+        self._eval = None
+        self._eval_before = {}
+        rec.close(scope)
+        self._t_prev = perf_counter_ns()  # the next training batch's data_load starts here
+
+    def _eval_batch_start(self, batch_idx: int, dataloader_idx: int) -> None:
+        # Hot path.
+        rec = self._rec
+        if rec is None:
+            return
+        try:
+            now = perf_counter_ns()
+            s = rec.Scope("batch", batch_idx, phase=self._phase)
+            if dataloader_idx:
+                s.attrs["dataloader_idx"] = dataloader_idx
+            s.__enter__()
+            if s.tb is None:
+                return
+            t0 = self._t_prev or now
+            s.start = t0
+            rec.span("data_load", t0, now, parent=s)
+            self._batch = s
+        except Exception as exc:
+            self._fault(f"on_{self._phase}_batch_start", exc)
+
+    def _eval_batch_end(self) -> None:
+        # Hot path.
+        b = self._batch
+        if b is None:
+            return
+        b.close()
+        self._batch = None
+        self._t_prev = perf_counter_ns()
+
+    def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
+        self._eval_start(trainer, "validation")
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        self._eval_end(trainer)
+
+    def on_validation_batch_start(self, trainer: Any, pl_module: Any, batch: Any,
+                                  batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_batch_start(batch_idx, dataloader_idx)
+
+    def on_validation_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any,
+                                batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_batch_end()
+
+    def on_test_start(self, trainer: Any, pl_module: Any) -> None:
+        self._eval_start(trainer, "test")
+
+    def on_test_end(self, trainer: Any, pl_module: Any) -> None:
+        self._eval_end(trainer)
+
+    def on_test_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int,
+                            dataloader_idx: int = 0) -> None:
+        self._eval_batch_start(batch_idx, dataloader_idx)
+
+    def on_test_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any,
+                          batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_batch_end()
+
+    def on_predict_start(self, trainer: Any, pl_module: Any) -> None:
+        self._eval_start(trainer, "predict")
+
+    def on_predict_end(self, trainer: Any, pl_module: Any) -> None:
+        self._eval_end(trainer)
+
+    def on_predict_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int,
+                               dataloader_idx: int = 0) -> None:
+        self._eval_batch_start(batch_idx, dataloader_idx)
+
+    def on_predict_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any,
+                             batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_batch_end()
