@@ -35,11 +35,17 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
             monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.chdir(work)
+    from cirron.core.recorder import INTERNAL_ERRORS
+
+    INTERNAL_ERRORS.clear()
     yield work
     import cirron
 
     cirron.shutdown()
     validate_files(spool_files(tmp_path))
+    # cirron swallows its own faults in production; here every one is a failure.
+    faults, INTERNAL_ERRORS[:] = list(INTERNAL_ERRORS), []
+    assert not faults, f"cirron caught internal errors during the test: {faults}"
 
 
 # -- CI: a test skipped because a framework is missing fails the run ---------------------------

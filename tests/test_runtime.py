@@ -446,3 +446,32 @@ def test_sweeps_stale_temp_files_at_start(tmp_path: Path) -> None:
     c.profile(frameworks=[])
     assert not list(spool.glob("*.tmp"))
     c.shutdown()
+
+
+def test_trace_works_without_the_spool_sink() -> None:
+    ci.profile(frameworks=[], output="none")
+    for _ in ci.epochs(range(2)):
+        ci.mark("loss", 0.5)
+    d = ci.trace(format="dict")
+    assert [c["name"] for c in d["children"]] == ["epoch", "epoch"]
+    ci.shutdown()
+    assert not SPOOL.exists()
+
+
+def test_internal_faults_are_counted_and_never_raised() -> None:
+    from cirron.core.recorder import INTERNAL_ERRORS
+
+    ci.profile(frameworks=[])
+    c = ci._get()
+
+    def broken(scope: object) -> None:
+        raise RuntimeError("listener bug")
+
+    c._rec.epoch_listeners.append(broken)
+    with pytest.warns(Warning, match="internal error"):
+        for _ in ci.epochs(range(2)):
+            pass
+    h = ci.health()
+    assert h["internal_errors"] == 2 and "listener bug" in h["last_internal_error"]
+    assert len(INTERNAL_ERRORS) == 2
+    INTERNAL_ERRORS.clear()  # expected here; any other test with one fails

@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,8 @@ from cirron.core.spool import Spool, batch_file_name, encode_batch
 __all__ = ["BatchSink", "FlushStats", "Flusher"]
 
 log = logging.getLogger("cirron")
+
+MEMORY_BATCHES = 256  # batches ci.trace() can read back when the spool sink is off
 
 
 class BatchSink(Protocol):
@@ -68,6 +71,10 @@ class Flusher:
         self._event = threading.Event()
         self._stop = False
         self._thread: threading.Thread | None = None
+        # Without a spool, ci.trace() reads the session back from the last sealed batches.
+        self.memory: deque[dict[str, Any]] | None = (
+            None if "spool" in outputs else deque(maxlen=MEMORY_BATCHES)
+        )
 
     def start(self) -> None:
         self._stop = False
@@ -169,6 +176,8 @@ class Flusher:
         if "log" in self.outputs:
             self._log(batch)
         self.stats.batches += 1
+        if self.memory is not None:
+            self.memory.append(batch)
         if self.sink is not None:
             try:
                 self.sink.on_batch(path, batch)

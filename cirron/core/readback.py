@@ -28,6 +28,10 @@ def read_session(
         if p is not None and p.settings is not None
         else cirron.settings.output_dir
     ).expanduser()
-    batches = [b for _, b in tr.iter_batches(root / "spool")]
+    memory = p.flusher.memory if p is not None and p.flusher is not None else None
+    if memory is not None:  # the spool sink is off: read the recent batches kept in memory
+        batches = list(memory)
+    else:
+        batches = [b for _, b in tr.iter_batches(root / "spool")]
     data = tr.load(batches)
     return tr.render(data, session_id=session_id, format=format, name=name, last=last, **kw)

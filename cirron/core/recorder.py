@@ -672,19 +672,32 @@ class Recorder:
     # -- faults --------------------------------------------------------------------------------
 
     def internal_error(self, where: str, exc: BaseException) -> None:
-        """Count a fault of cirron's own and warn once. Never raises."""
+        """Count a fault of cirron's own and warn once. Never raises.
+
+        Every fault is also appended to :data:`INTERNAL_ERRORS`, which cirron's own test suite
+        checks after each test, so a swallowed fault still fails the tests.
+        """
         from cirron.core.errors import CirronInternalWarning
 
         self.internal_errors += 1
         self.last_internal_error = f"{where}: {type(exc).__name__}: {exc}"
+        if len(INTERNAL_ERRORS) < 100:
+            INTERNAL_ERRORS.append(self.last_internal_error)
         if "internal" not in self._warned:
             self._warned.add("internal")
-            warnings.warn(
-                f"cirron caught an internal error ({self.last_internal_error}); "
-                "recording continues. See ci.health().",
-                CirronInternalWarning,
-                stacklevel=2,
-            )
+            try:
+                warnings.warn(
+                    f"cirron caught an internal error ({self.last_internal_error}); "
+                    "recording continues. See ci.health().",
+                    CirronInternalWarning,
+                    stacklevel=2,
+                )
+            except Exception:  # warnings configured as errors must not escape either
+                pass
+
+
+# Faults caught by any Recorder in this process (bounded); see Recorder.internal_error.
+INTERNAL_ERRORS: list[str] = []
 
 
 def _noop() -> None:
