@@ -66,11 +66,9 @@ def _gen(rec: Recorder, f: Callable[..., Any], name: str) -> Callable[..., Any]:
     @functools.wraps(f)
     def wrapper(*args: Any, **kwargs: Any) -> Iterator[Any]:
         with rec.Scope("inference", None, **_attrs(name)) as s:
-            n = 0
-            for item in f(*args, **kwargs):
-                if n == 0:
+            for n, item in enumerate(f(*args, **kwargs), 1):
+                if n == 1:
                     s.attrs["time_to_first_item_ns"] = perf_counter_ns() - s.start
-                n += 1
                 s.attrs["items"] = n
                 yield item
 
