@@ -4,8 +4,11 @@
 mixes it with each namespace's ``Callback``. It drives the core's primitives only:
 
 * ``setup``: start profiling if nothing runs yet, take ownership of the ``epoch`` and ``batch``
-  levels (``rec.owners``) so the torch hooks only add children, stamp rank and world size, watch
-  the LightningModule for per-epoch weight/gradient statistics;
+  levels (``rec.owners``) so the torch hooks open neither, and of ``rec.owners["step"]`` so they
+  record no ``data_load`` / ``forward`` / ``backward`` / ``optimizer_step`` either (this callback
+  times those from Lightning's hooks: under ``optimizer.step(closure)`` a torch step hook would
+  wrap forward and backward too); stamp rank and world size; watch the LightningModule for
+  per-epoch weight/gradient statistics;
 * training: ``epoch`` (index ``trainer.current_epoch``) → ``batch`` (index ``batch_idx``) with
   ``data_load`` / ``forward`` / ``backward`` / ``optimizer_step`` children recorded after the
   fact with ``rec.span``; ``validation`` / ``test`` / ``predict`` runs hold ``batch`` spans with
@@ -25,43 +28,17 @@ from time import perf_counter_ns
 from typing import Any
 
 from cirron.core.errors import CirronError
+from cirron.integrations.lightning_marks import (
+    Scaled,
+    batch_size,
+    mark_epoch_events,
+    mark_learning_rates,
+    mark_throughput,
+)
 
 __all__ = ["CallbackHooks"]
 
 _SNAPSHOT_MODES = ("stats", "sampled", "full")
-
-
-class _Scaled:
-    """A 0-d value the recorder converts off the training thread: ``tensor.item() * k``.
-
-    Lightning divides the loss it hands to ``on_train_batch_end`` by ``accumulate_grad_batches``;
-    this undoes that without a tensor op or a device sync on the training thread.
-    """
-
-    __slots__ = ("k", "t")
-    shape = ()
-
-    def __init__(self, t: Any, k: float) -> None:
-        self.t = t
-        self.k = k
-
-    def item(self) -> float:
-        return float(self.t.item()) * self.k
-
-
-def _size(batch: Any) -> int | None:
-    """The batch size: the first dimension of the first tensor found in ``batch``."""
-    for _ in range(8):
-        shape = getattr(batch, "shape", None)
-        if shape is not None:
-            return int(shape[0]) if len(shape) else None
-        if isinstance(batch, Mapping):
-            batch = next(iter(batch.values()), None)
-        elif isinstance(batch, (list, tuple)) and batch:
-            batch = batch[0]
-        else:
-            return len(batch) if isinstance(batch, (list, tuple)) else None
-    return None
 
 
 class CallbackHooks:
@@ -153,9 +130,12 @@ class CallbackHooks:
             p = c.profile(snapshots=mode)
         rec = self._rec = c._rec
         self._reset()
-        self._owners = rec.owners
-        self._owners["epoch"] += 1
-        self._owners["batch"] += 1
+        owners = self._owners = rec.owners
+        owners["epoch"] += 1
+        owners["batch"] += 1
+        # "step": this callback times data_load/forward/backward/optimizer_step itself, so the
+        # torch hooks record none of them (ci.batches owns batches but wants those children).
+        owners["step"] = owners.get("step", 0) + 1
         self._stamp_rank(trainer, p)
         if self._snapshots is not False and pl_module is not None:
             try:
@@ -216,8 +196,8 @@ class CallbackHooks:
         self._remove_step_hooks()
         owners = self._owners
         if owners is not None:
-            owners["epoch"] = max(0, owners["epoch"] - 1)
-            owners["batch"] = max(0, owners["batch"] - 1)
+            for level in ("epoch", "batch", "step"):
+                owners[level] = max(0, owners.get(level, 0) - 1)
         self._owners = None
         self._last_batch = None
         self._rec = None
@@ -290,7 +270,7 @@ class CallbackHooks:
             self._last_batch = batch
             nb = self._nb = self._nb + 1
             if nb == 1:
-                self._bs = _size(batch)
+                self._bs = batch_size(batch)
         except Exception as exc:
             self._fault("on_train_batch_start", exc)
 
@@ -359,43 +339,18 @@ class CallbackHooks:
         if loss is None or isinstance(loss, (list, tuple)):
             return
         k = self._scale
-        rec.mark("loss", loss if k == 1.0 or isinstance(loss, (int, float)) else _Scaled(loss, k))
+        rec.mark("loss", loss if k == 1.0 or isinstance(loss, (int, float)) else Scaled(loss, k))
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         rec = self._rec
         if rec is None or self._epoch is None or not self._epoch_marks:
             return
         try:
-            self._mark_learning_rates(rec, trainer)
-            self._mark_throughput(rec)
+            mark_learning_rates(rec, trainer)
+            mark_throughput(rec, self._nb, self._bs, self._last_batch,
+                            self._train_end - self._epoch_t0)
         except Exception as exc:
             self._fault("on_train_epoch_end", exc)
-
-    def _mark_learning_rates(self, rec: Any, trainer: Any) -> None:
-        optimizers = list(getattr(trainer, "optimizers", ()) or ())
-        groups = [(i, j, g) for i, opt in enumerate(optimizers)
-                  for j, g in enumerate(opt.param_groups)]
-        for i, j, group in groups:
-            if "lr" not in group:
-                continue
-            name = "lr" if len(groups) == 1 else (
-                f"lr/pg{j}" if len(optimizers) == 1 else f"lr/opt{i}/pg{j}")
-            rec.mark(name, group["lr"], kind="summary", optimizer=i, param_group=j)
-
-    def _mark_throughput(self, rec: Any) -> None:
-        n, bs = self._nb, self._bs
-        if not n:
-            return
-        rec.mark("batches", n, kind="summary")
-        if bs is None:
-            return
-        last = _size(self._last_batch)
-        samples = (n - 1) * bs + (last if last is not None else bs)
-        rec.mark("batch_size", bs, kind="summary")
-        rec.mark("samples", samples, kind="summary")
-        seconds = (self._train_end - self._epoch_t0) / 1e9
-        if seconds > 0:
-            rec.mark("samples_per_s", samples / seconds, kind="summary")
 
     def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: Any) -> None:
         rec = self._rec
@@ -426,28 +381,11 @@ class CallbackHooks:
                 for key, value in list(getattr(trainer, "callback_metrics", {}).items()):
                     rec.mark(key, value, kind="summary")
             if trainer is not None:
-                self._mark_epoch_events(rec, trainer)
+                mark_epoch_events(rec, trainer, self._ckpts)
         finally:
             self._ckpts = []
             self._last_batch = None
             rec.close(epoch)
-
-    def _mark_epoch_events(self, rec: Any, trainer: Any) -> None:
-        for step, epoch in self._ckpts:
-            rec.mark("checkpoint", step, epoch=epoch)
-        if self._ckpts:
-            best = getattr(getattr(trainer, "checkpoint_callback", None), "best_model_path", "")
-            if best:
-                rec.mark("best_checkpoint", str(best), kind="summary")
-        if getattr(trainer, "should_stop", False):
-            attrs: dict[str, Any] = {"reason": "should_stop"}
-            for cb in getattr(trainer, "early_stopping_callbacks", ()) or ():
-                if getattr(cb, "stopped_epoch", 0) or getattr(cb, "wait_count", 0):
-                    attrs = {"reason": "early_stopping", "monitor": cb.monitor,
-                             "patience": cb.patience, "wait_count": cb.wait_count,
-                             "best_score": cb.best_score}
-                    break
-            rec.mark("early_stop", True, kind="summary", **attrs)
 
     # -- validation / test / predict -------------------------------------------------------------
 
