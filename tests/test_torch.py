@@ -1,0 +1,535 @@
+"""The torch integration end to end: the spool a bare PyTorch loop leaves behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import load_file
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import cirron as ci
+from cirron.core import trace
+from tests.helpers.schema import load_batches
+
+REPO = Path(__file__).resolve().parents[1]
+CHILDREN = ["data_load", "forward", "backward", "optimizer_step"]
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+def tiny(n: int = 12, batch: int = 4, seed: int = 0) -> tuple[nn.Module, Any, DataLoader]:
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    ds = TensorDataset(torch.randn(n, 4), torch.randint(0, 2, (n,)))
+    return model, opt, DataLoader(ds, batch_size=batch)
+
+
+def step(model: nn.Module, opt: Any, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    loss = nn.functional.cross_entropy(model(x), y)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    ci.mark("loss", loss)
+    return loss
+
+
+def read(root: Path | None = None) -> trace.TraceData:
+    ci.shutdown()
+    return trace.load(load_batches(root or Path.cwd()))
+
+
+def kids(data: trace.TraceData, parent: str | None) -> list[dict[str, Any]]:
+    out = [s for s in data.spans.values() if s["parent_id"] == parent]
+    return sorted(out, key=lambda s: (s["start_ns"], s["end_ns"]))
+
+
+def shape(data: trace.TraceData, sid: str) -> list[Any]:
+    """The tree under ``sid`` as nested ``[name, index, [children]]`` lists."""
+    return [[s["name"], s["index"], shape(data, s["id"])] for s in kids(data, sid)]
+
+
+def session(data: trace.TraceData) -> dict[str, Any]:
+    roots = [s for s in data.spans.values() if s["name"] == "cirron.session"]
+    assert len(roots) == 1
+    return roots[0]
+
+
+def bare_tree(epochs: int, batches: int) -> list[Any]:
+    batch = [[c, None, []] for c in CHILDREN]
+    return [["epoch", e, [["batch", b, batch] for b in range(batches)]] for e in range(epochs)]
+
+
+def all_patched_away() -> None:
+    """torch is exactly as it was: no cirron function left in any hook table or patch."""
+    from torch.nn.modules import module
+    from torch.optim import optimizer
+    from torch.utils.data import dataloader
+
+    assert not module._global_forward_pre_hooks and not module._global_forward_hooks
+    assert not optimizer._global_optimizer_pre_hooks
+    assert not optimizer._global_optimizer_post_hooks
+    for fn in (dataloader.DataLoader.__iter__, dataloader._BaseDataLoaderIter.__next__,
+               torch.autograd.backward, torch.distributed.init_process_group,
+               nn.Module.__call__):
+        assert not hasattr(fn, "__wrapped__") or "cirron" not in fn.__module__, fn
+        assert fn.__module__.startswith("torch"), fn
+
+
+# -- the bare loop -------------------------------------------------------------------------------
+
+
+def test_bare_loop_records_the_canonical_tree_with_losses_on_their_batches() -> None:
+    ci.profile()
+    model, opt, loader = tiny()
+    ci.watch(model)
+    losses = []
+    for _ in range(2):
+        for x, y in loader:
+            losses.append(step(model, opt, x, y).item())
+    data = read()
+    root = session(data)
+    assert shape(data, root["id"]) == bare_tree(2, 3)
+    batches = [s for s in data.spans.values() if s["name"] == "batch"]
+    marks = {m["span_id"]: m for m in data.marks.values() if m["name"] == "loss"}
+    assert sorted(marks) == sorted(b["id"] for b in batches)
+    in_order = sorted(batches, key=lambda s: s["start_ns"])
+    assert [marks[b["id"]]["value"] for b in in_order] == pytest.approx(losses)
+    for b in batches:  # children inside their batch, batches tile the epoch
+        for c in kids(data, b["id"]):
+            assert b["start_ns"] <= c["start_ns"] <= c["end_ns"] <= b["end_ns"]
+    assert root["attrs"]["torch_version"] == torch.__version__
+    assert root["attrs"]["device"] == "cpu" and root["attrs"]["dtype"] == "float32"
+    assert root["attrs"]["world_size"] == 1 and root["attrs"]["rank"] == 0
+
+
+def test_explicit_epochs_and_batches_with_hooks_give_the_same_tree() -> None:
+    ci.profile()
+    model, opt, loader = tiny()
+    ci.watch(model)
+    for _ in ci.epochs(range(2)):
+        for x, y in ci.batches(loader):
+            step(model, opt, x, y)
+    data = read()
+    assert shape(data, session(data)["id"]) == bare_tree(2, 3)
+    assert all(m["span_id"] in data.spans and data.spans[m["span_id"]]["name"] == "batch"
+               for m in data.marks.values())
+
+
+def test_explicit_epochs_over_a_bare_loader_open_no_second_epoch() -> None:
+    ci.profile()
+    model, opt, loader = tiny()
+    ci.watch(model)
+    for _ in ci.epochs(range(3)):
+        for x, y in loader:
+            step(model, opt, x, y)
+    data = read()
+    assert shape(data, session(data)["id"]) == bare_tree(3, 3)
+
+
+def test_validation_loader_inside_the_epoch_loop_is_not_an_epoch() -> None:
+    ci.profile()
+    model, opt, loader = tiny()
+    val = DataLoader(loader.dataset, batch_size=6)
+    ci.watch(model)
+    for _ in range(2):
+        for x, y in loader:
+            step(model, opt, x, y)
+        with torch.no_grad():
+            for x, _ in val:
+                model(x)
+    data = read()
+    top = kids(data, session(data)["id"])
+    assert [(s["name"], s["index"]) for s in top] == [
+        ("epoch", 0), ("validation", 0), ("epoch", 1), ("validation", 1)]
+    v = shape(data, top[1]["id"])
+    assert v == [["batch", i, [["data_load", None, []], ["forward", None, []]]] for i in range(2)]
+    assert all(b["attrs"]["phase"] == "validation" for b in kids(data, top[1]["id"]))
+
+
+def test_break_closes_the_epoch_and_the_next_pass_starts_a_new_one() -> None:
+    ci.profile()
+    model, opt, loader = tiny()
+    ci.watch(model)
+    for _ in range(2):
+        for i, (x, y) in enumerate(loader):
+            step(model, opt, x, y)
+            if i == 1:
+                break
+    data = read()
+    top = kids(data, session(data)["id"])
+    assert [(s["name"], s["index"]) for s in top] == [("epoch", 0), ("epoch", 1)]
+    assert all(s["attrs"].get("stopped_early") for s in top)
+    assert [len(kids(data, s["id"])) for s in top] == [2, 2]
+    assert not any(s["attrs"].get("open") for s in data.spans.values())
+
+
+def test_loader_with_worker_processes_is_timed_in_the_main_process() -> None:
+    ci.profile()
+    model, opt, loader = tiny()
+    loader = DataLoader(loader.dataset, batch_size=4, num_workers=1)
+    ci.watch(model)
+    for x, y in loader:
+        step(model, opt, x, y)
+    data = read()
+    assert shape(data, session(data)["id"]) == bare_tree(1, 3)
+    assert {s["pid"] for s in data.spans.values()} == {os.getpid()}
+
+
+def test_long_run_drops_no_spans() -> None:
+    ci.profile(flush_interval=30.0)  # only the hooks' own wake-ups drain the buffers
+    ds = TensorDataset(torch.arange(10_000).float())
+    n = 0
+    for (x,) in DataLoader(ds, batch_size=1):
+        n += 1
+    health = ci.health()
+    data = read()
+    assert n == 10_000
+    assert sum(s["name"] == "batch" for s in data.spans.values()) == 10_000
+    assert sum(s["name"] == "data_load" for s in data.spans.values()) == 10_000
+    assert health["drops"]["spans"] == 0
+
+
+def test_forward_is_the_outermost_call_even_without_watch() -> None:
+    ci.profile()
+    model, opt, loader = tiny()
+    for x, y in loader:
+        step(model, opt, x, y)
+    data = read()
+    assert shape(data, session(data)["id"]) == bare_tree(1, 3)
+
+
+# -- snapshots -----------------------------------------------------------------------------------
+
+
+def snapshots_by_epoch(data: trace.TraceData) -> dict[int, dict[str, dict[str, Any]]]:
+    out: dict[int, dict[str, dict[str, Any]]] = {}
+    for s in data.snapshots.values():
+        out.setdefault(data.spans[s["span_id"]]["index"], {})[s["tensor_name"]] = s
+    return out
+
+
+def test_every_epoch_gets_weight_and_gradient_statistics() -> None:
+    ci.profile()
+    model, opt, loader = tiny()
+    ci.watch(model)
+    for _ in range(2):
+        for x, y in loader:
+            step(model, opt, x, y)
+    expected = {n: p.detach().numpy().copy() for n, p in model.named_parameters()}
+    grads = {n + ".grad": p.grad.numpy().copy() for n, p in model.named_parameters()}
+    data = read()
+    by_epoch = snapshots_by_epoch(data)
+    assert sorted(by_epoch) == [0, 1]
+    assert set(by_epoch[1]) == set(expected) | set(grads)
+    for name, arr in {**expected, **grads}.items():
+        rec = by_epoch[1][name]
+        assert rec["shape"] == list(arr.shape) and rec["dtype"] == "float32"
+        assert rec["mode"] == "stats" and rec["blob_uri"] is None
+        st = rec["stats"]
+        assert st["mean"] == pytest.approx(arr.mean(), rel=1e-5, abs=1e-7)
+        assert st["std"] == pytest.approx(arr.std(), rel=1e-4, abs=1e-7)
+        assert st["norm"] == pytest.approx(np.linalg.norm(arr), rel=1e-5)
+        assert (st["min"], st["max"]) == (pytest.approx(arr.min()), pytest.approx(arr.max()))
+        counts, edges = np.histogram(arr, bins=16)
+        assert st["histogram"]["counts"] == counts.tolist()
+        assert st["histogram"]["bins"] == pytest.approx(edges.tolist(), rel=1e-6, abs=1e-7)
+        assert rec["attrs"]["non_finite"] == 0
+        kind = "gradient" if name.endswith(".grad") else "weight"
+        assert rec["attrs"]["kind"] == kind
+
+
+def test_epoch_without_gradients_records_weights_only() -> None:
+    ci.profile()
+    model, _, loader = tiny()
+    ci.watch(model)
+    with ci.scope("noop"):
+        pass
+    for _ in ci.epochs(range(1)):
+        pass
+    data = read()
+    names = set(snapshots_by_epoch(data)[0])
+    assert names == {n for n, _ in model.named_parameters()}
+
+
+def test_two_watched_models_keep_distinct_names() -> None:
+    class Generator(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(3, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x)
+
+    class Discriminator(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x)
+
+    ci.profile()
+    g, d = Generator(), Discriminator()
+    ci.watch(g)
+    ci.watch(d)
+    ci.watch(d)  # twice is once
+    for _ in ci.epochs(range(1)):
+        d(g(torch.randn(2, 3))).sum().backward()
+    data = read()
+    names = set(snapshots_by_epoch(data)[0])
+    assert names == {f"{m}.fc.{p}{g}" for m in ("Generator", "Discriminator")
+                     for p in ("weight", "bias") for g in ("", ".grad")}
+
+
+def test_non_finite_values_are_counted_and_left_out_of_the_statistics() -> None:
+    ci.profile()
+    model = nn.Linear(3, 2)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0, float("nan"), 2.0], [float("inf"), 3.0, 4.0]]))
+        model.bias.fill_(float("nan"))
+    ci.watch(model)
+    for _ in ci.epochs(range(1)):
+        pass
+    data = read()
+    snaps = snapshots_by_epoch(data)[0]
+    w = snaps["weight"]
+    assert w["attrs"]["non_finite"] == 2
+    finite = np.array([1.0, 2.0, 3.0, 4.0])
+    assert w["stats"]["mean"] == pytest.approx(finite.mean())
+    assert w["stats"]["std"] == pytest.approx(finite.std())
+    assert (w["stats"]["min"], w["stats"]["max"]) == (1.0, 4.0)
+    assert sum(w["stats"]["histogram"]["counts"]) == 4
+    b = snaps["bias"]
+    assert b["attrs"]["non_finite"] == 2
+    assert all(b["stats"][k] is None for k in ("mean", "std", "min", "max", "norm"))
+    assert b["stats"]["histogram"]["counts"] == [0] * 16
+
+
+@pytest.mark.parametrize("mode", ["full", "sampled"])
+def test_raw_tensors_are_written_as_safetensors(mode: str) -> None:
+    ci.profile(snapshots=mode, sample_rate=1.0)
+    model, opt, loader = tiny()
+    ci.watch(model)
+    for x, y in loader:
+        step(model, opt, x, y)
+    weights = {n: p.detach().numpy().copy() for n, p in model.named_parameters()}
+    data = read()
+    snaps = snapshots_by_epoch(data)[0]
+    span_id = next(iter(snaps.values()))["span_id"]
+    folder = Path.cwd() / ".cirron" / "snapshots" / span_id
+    w = load_file(folder / "weights.safetensors")
+    g = load_file(folder / "gradients.safetensors")
+    assert set(w) == set(weights) and set(g) == {n + ".grad" for n in weights}
+    for n, arr in weights.items():
+        np.testing.assert_array_equal(w[n], arr)
+        assert snaps[n]["mode"] == mode
+        assert snaps[n]["blob_uri"] == (folder / "weights.safetensors").as_uri()
+        assert snaps[n + ".grad"]["blob_uri"] == (folder / "gradients.safetensors").as_uri()
+
+
+def test_sampled_mode_losers_stay_stats() -> None:
+    ci.profile(snapshots="sampled", sample_rate=0.0)
+    model = nn.Linear(2, 2)
+    ci.watch(model)
+    for _ in ci.epochs(range(2)):
+        pass
+    data = read()
+    assert {s["mode"] for s in data.snapshots.values()} == {"stats"}
+    assert not (Path.cwd() / ".cirron" / "snapshots").exists() or not any(
+        (Path.cwd() / ".cirron" / "snapshots").iterdir())
+
+
+def test_large_payload_warns_once_with_size_and_parameter_count() -> None:
+    from cirron.core import snapshots
+
+    ci.profile(snapshots="full")
+    model = nn.Linear(100, 100)
+    ci.watch(model)
+    old = snapshots.WARN_BYTES
+    snapshots.WARN_BYTES = 1000
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for _ in ci.epochs(range(2)):
+                pass
+    finally:
+        snapshots.WARN_BYTES = old
+    msgs = [str(w.message) for w in caught if "snapshot blobs" in str(w.message)]
+    assert len(msgs) == 1 and "10,100 parameters" in msgs[0]
+    read()
+
+
+# -- install / uninstall -------------------------------------------------------------------------
+
+
+def test_shutdown_removes_every_hook_and_torch_behaves_as_before() -> None:
+    from torch.utils.data import dataloader
+
+    before = (dataloader.DataLoader.__iter__, dataloader._BaseDataLoaderIter.__next__,
+              torch.autograd.backward, torch.distributed.init_process_group, nn.Module.__call__)
+    p = ci.profile()
+    model, opt, loader = tiny()
+    ci.watch(model)
+    assert torch.autograd.backward is not before[2]
+    for x, y in loader:
+        step(model, opt, x, y)
+    ci.shutdown()
+    after = (dataloader.DataLoader.__iter__, dataloader._BaseDataLoaderIter.__next__,
+             torch.autograd.backward, torch.distributed.init_process_group, nn.Module.__call__)
+    assert after == before
+    assert not model._forward_pre_hooks and not model._forward_hooks
+    all_patched_away()
+    assert p._torch_hooks is None
+    for x, y in loader:  # still trains, records nothing
+        step(model, opt, x, y)
+    assert not list((Path.cwd() / ".cirron" / "spool").glob("*.tmp"))
+
+
+def test_install_is_idempotent() -> None:
+    from cirron.integrations import torch as adapter
+    from torch.nn.modules import module
+
+    p = ci.profile(frameworks=["torch"])
+    assert p.frameworks == ["torch"]
+    c = ci._get()
+    assert adapter.install(c, p) is None
+    assert len(module._global_forward_pre_hooks) == 1
+    model, opt, loader = tiny()
+    ci.watch(model)
+    for x, y in loader:
+        step(model, opt, x, y)
+    data = read()
+    assert shape(data, session(data)["id"]) == bare_tree(1, 3)
+
+
+def test_wrap_watches_a_module_and_returns_it() -> None:
+    ci.profile()
+    model, _, _ = tiny()
+    assert ci.wrap(model) is model
+    for _ in ci.epochs(range(1)):
+        pass
+    assert snapshots_by_epoch(read())[0]
+
+
+def test_profile_frameworks_empty_installs_nothing_but_watch_still_snapshots() -> None:
+    from torch.utils.data import dataloader
+
+    orig = dataloader._BaseDataLoaderIter.__next__
+    ci.profile(frameworks=[])
+    assert dataloader._BaseDataLoaderIter.__next__ is orig
+    model, _, _ = tiny()
+    ci.watch(model)
+    for _ in ci.epochs(range(1)):
+        pass
+    data = read()
+    assert snapshots_by_epoch(data)[0]
+    assert {s["name"] for s in data.spans.values()} == {"cirron.session", "epoch"}
+
+
+def run_py(code: str, cwd: Path, timeout: float = 60, env: dict[str, str] | None = None
+           ) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+def test_profile_before_import_torch_installs_hooks_when_torch_arrives(tmp_path: Path) -> None:
+    code = """
+        import sys, cirron as ci
+        ci.profile()
+        assert "torch" not in sys.modules
+        import torch
+        from torch.utils.data import DataLoader
+        model = torch.nn.Linear(2, 1); ci.watch(model)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        for (x,) in DataLoader(torch.utils.data.TensorDataset(torch.randn(4, 2)), batch_size=2):
+            loss = model(x).sum(); opt.zero_grad(); loss.backward(); opt.step()
+        assert ci._get().profiler.frameworks == ["torch"], ci._get().profiler.frameworks
+        ci.shutdown()
+    """
+    r = run_py(code, tmp_path)
+    assert r.returncode == 0, r.stderr
+    data = trace.load(load_batches(tmp_path))
+    names = sorted(s["name"] for s in data.spans.values())
+    assert names.count("batch") == 2 and names.count("epoch") == 1
+    assert names.count("forward") == names.count("backward") == names.count("optimizer_step") == 2
+    assert len(data.snapshots) == 4
+
+
+def test_ddp_two_ranks_on_gloo_share_a_run_and_write_their_own_spools(tmp_path: Path) -> None:
+    script = REPO / "examples" / "ddp_gloo.py"
+    r = subprocess.run([sys.executable, str(script), "--epochs", "2", "--quiet"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert r.returncode == 0, r.stderr[-3000:]
+    data = trace.load(load_batches(tmp_path))
+    roots = [s for s in data.spans.values() if s["name"] == "cirron.session"]
+    assert sorted(s["rank"] for s in roots) == [0, 1]
+    assert len({s["attrs"]["run_id"] for s in roots}) == 1
+    assert all(s["attrs"]["world_size"] == 2 and s["attrs"]["status"] == "finished"
+               for s in roots)
+    for root in roots:
+        epochs = kids(data, root["id"])
+        assert [e["name"] for e in epochs] == ["epoch", "epoch"]
+        batches = [b for e in epochs for b in kids(data, e["id"])]
+        assert batches and all(b["rank"] == root["rank"] for b in batches)
+        assert all([c["name"] for c in kids(data, b["id"])] == CHILDREN for b in batches)
+    infos = trace.sessions(data)
+    runs = trace.group_runs(infos)
+    assert len(runs) == 1 and len(runs[0]) == 2
+
+
+# -- GPU (runs only where CUDA exists) -------------------------------------------------------------
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_step_adds_no_synchronisation_and_records_gpu_time() -> None:
+    ci.profile()
+    torch.manual_seed(0)
+    dev = torch.device("cuda")
+    model = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 10)).to(dev)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    ds = TensorDataset(torch.randn(64, 64), torch.randint(0, 10, (64,)))
+    ci.watch(model)
+    loader = DataLoader(ds, batch_size=16)
+    it = iter(loader)
+    x, y = next(it)
+    x, y = x.to(dev), y.to(dev)
+    step(model, opt, x, y)  # warm-up: lazy CUDA init may synchronise
+    x, y = next(it)
+    x, y = x.to(dev, non_blocking=False), y.to(dev)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        ci.mark("loss", loss)
+        x, y = next(it)  # closes the batch: events and peak-memory counters, no sync
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    for _ in it:
+        pass
+    data = read()
+    timed = [s for s in data.spans.values()
+             if s["name"] in ("forward", "backward", "optimizer_step", "batch")]
+    assert timed and all(isinstance(s["gpu_ns"], int) for s in timed), timed
+    batches = [s for s in data.spans.values() if s["name"] == "batch"]
+    assert all(s["memory_peak_bytes"] and s["memory_peak_bytes"] > 0 for s in batches)
+    epoch = next(s for s in data.spans.values() if s["name"] == "epoch")
+    assert epoch["memory_peak_bytes"] > 0
+    assert json.dumps(data.snapshots)  # CUDA statistics made it to the spool
+    assert session(data)["attrs"]["device"].startswith("cuda")
