@@ -39,6 +39,7 @@ MAX_PARAMS = 24  # scalar constructor parameters recorded per span
 MAX_PARAM_CHARS = 64
 # Methods after which the fitted estimator is inspected for n_iter_, loss_, best_score_ ...
 _FITTING = frozenset(("fit", "partial_fit", "fit_transform", "fit_predict"))
+_REFIT = frozenset(("fit", "fit_transform", "fit_predict"))  # start from a fresh clone
 # Labels (``step``, ``candidate``) handed to a user-wrapped estimator called by a probe, so
 # that the call is still one span, carrying them.
 _PENDING: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
@@ -127,11 +128,17 @@ class CirronEstimator(MetaEstimatorMixin, BaseEstimator):
         # as metadata requests) must see the wrapper itself.
         if name.startswith("_"):
             raise AttributeError(name)
-        try:
-            inner = self.__dict__["estimator"]
-        except KeyError:
-            raise AttributeError(name) from None
-        return getattr(inner, name)
+        d = self.__dict__
+        if "estimator_" in d:
+            return getattr(d["estimator_"], name)
+        if "estimator" in d:
+            return getattr(d["estimator"], name)
+        raise AttributeError(name)
+
+    def _fitted(self) -> Any:
+        """The estimator that answers calls: the fitted clone, else the one given."""
+        d = self.__dict__
+        return d["estimator_"] if "estimator_" in d else self.estimator
 
     def __sklearn_tags__(self) -> Any:
         try:
@@ -141,7 +148,7 @@ class CirronEstimator(MetaEstimatorMixin, BaseEstimator):
 
     def __sklearn_is_fitted__(self) -> bool:
         try:
-            check_is_fitted(self.estimator)
+            check_is_fitted(self._fitted())
         except (NotFittedError, TypeError):
             return False
         return True
@@ -160,13 +167,15 @@ class CirronEstimator(MetaEstimatorMixin, BaseEstimator):
 
     @available_if(_inner_has("__getitem__"))
     def __getitem__(self, key: Any) -> Any:
-        """Index the wrapped ``Pipeline`` / ``ColumnTransformer``."""
-        return self.estimator[key]
+        """Index the wrapped ``Pipeline`` / ``ColumnTransformer`` (the fitted one once fitted)."""
+        return self._fitted()[key]
 
     @available_if(_inner_has("set_output"))
     def set_output(self, **params: Any) -> CirronEstimator:
         """Set the wrapped estimator's output container; returns the wrapper."""
         self.estimator.set_output(**params)
+        if "estimator_" in self.__dict__:
+            self.estimator_.set_output(**params)
         return self
 
     def get_metadata_routing(self) -> Any:
@@ -205,12 +214,25 @@ class CirronEstimator(MetaEstimatorMixin, BaseEstimator):
 
     # -- recording ----------------------------------------------------------------------------
     def _call(self, method: str, args: tuple[Any, ...], params: dict[str, Any]) -> Any:
-        inner = self.estimator
-        if isinstance(inner, CirronEstimator):  # it records this very call itself
-            out = self._delegate_labelled(inner, method, args, params)
+        target, fresh = self._target(method)
+        if isinstance(target, CirronEstimator):  # it records this very call itself
+            out = self._delegate_labelled(target, method, args, params)
         else:
-            out = self._record(inner, method, args, params)
+            out = self._record(target, method, args, params)
+        if fresh:
+            self.estimator_ = target
         return self if method == "partial_fit" else out
+
+    def _target(self, method: str) -> tuple[Any, bool]:
+        """Who answers ``method``, and whether it is a fresh clone to keep as ``estimator_``.
+
+        Like every scikit-learn meta-estimator, fitting never touches the ``estimator``
+        parameter: ``fit`` fits a clone (``partial_fit`` keeps updating the same one).
+        """
+        d = self.__dict__
+        if method in _REFIT or (method == "partial_fit" and "estimator_" not in d):
+            return clone(self.estimator), True
+        return self._fitted(), False
 
     def _labels(self) -> dict[str, Any]:
         return {}
@@ -264,6 +286,9 @@ class _Probe(CirronEstimator):
     own, so the pipeline or search driving it sees no difference. It only lives inside one call
     of a wrapped pipeline or search and is swapped back out before that call returns.
     """
+
+    def _target(self, method: str) -> tuple[Any, bool]:
+        return self.estimator, False  # the pipeline or search expects its own object fitted
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         params: dict[str, Any] = self.estimator.get_params(deep=deep)
