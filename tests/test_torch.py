@@ -192,7 +192,7 @@ def test_long_run_drops_no_spans() -> None:
     ci.profile(flush_interval=30.0)  # only the hooks' own wake-ups drain the buffers
     ds = TensorDataset(torch.arange(10_000).float())
     n = 0
-    for (x,) in DataLoader(ds, batch_size=1):
+    for (_x,) in DataLoader(ds, batch_size=1):
         n += 1
     health = ci.health()
     data = read()
@@ -253,7 +253,7 @@ def test_every_epoch_gets_weight_and_gradient_statistics() -> None:
 
 def test_epoch_without_gradients_records_weights_only() -> None:
     ci.profile()
-    model, _, loader = tiny()
+    model, _, _ = tiny()
     ci.watch(model)
     with ci.scope("noop"):
         pass
@@ -399,8 +399,9 @@ def test_shutdown_removes_every_hook_and_torch_behaves_as_before() -> None:
 
 
 def test_install_is_idempotent() -> None:
-    from cirron.integrations import torch as adapter
     from torch.nn.modules import module
+
+    from cirron.integrations import torch as adapter
 
     p = ci.profile(frameworks=["torch"])
     assert p.frameworks == ["torch"]
@@ -533,3 +534,22 @@ def test_cuda_step_adds_no_synchronisation_and_records_gpu_time() -> None:
     assert epoch["memory_peak_bytes"] > 0
     assert json.dumps(data.snapshots)  # CUDA statistics made it to the spool
     assert session(data)["attrs"]["device"].startswith("cuda")
+
+
+def test_a_framework_owning_the_step_silences_the_child_hooks() -> None:
+    ci.profile()
+    model, opt, loader = tiny()
+    ci.watch(model)
+    rec = ci._get()._rec
+    rec.owners["epoch"] += 1
+    rec.owners["batch"] += 1
+    rec.owners["step"] = rec.owners.get("step", 0) + 1
+    try:
+        with ci.scope("epoch", index=0), ci.scope("batch", index=0):
+            for x, y in loader:
+                step(model, opt, x, y)
+    finally:
+        for k in ("epoch", "batch", "step"):
+            rec.owners[k] -= 1
+    data = read()
+    assert shape(data, session(data)["id"]) == [["epoch", 0, [["batch", 0, []]]]]

@@ -1,4 +1,4 @@
-"""GPU time and peak memory for torch spans, without host–device synchronisation.
+"""GPU time and peak memory for torch spans, without host-device synchronisation.
 
 A span that runs while CUDA is initialised gets a pair of timing events recorded on the current
 stream (``record()`` only enqueues them). The pair travels in the span's internal attribute
@@ -22,7 +22,7 @@ class CudaTiming:
 
     def __init__(self) -> None:
         self._pool: list[Any] = []
-        self._is_init = torch.cuda.is_initialized
+        self._is_init: Any = torch.cuda.is_initialized
         self.resolved = 0
         self.failed = 0
 
@@ -39,13 +39,13 @@ class CudaTiming:
 
     def start(self) -> Any:
         pool = self._pool
-        ev = pool.pop() if pool else torch.cuda.Event(enable_timing=True)
+        ev = pool.pop() if pool else torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
         ev.record()
         return ev
 
     def stop(self, start: Any) -> tuple[Any, Any]:
         pool = self._pool
-        ev = pool.pop() if pool else torch.cuda.Event(enable_timing=True)
+        ev = pool.pop() if pool else torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
         ev.record()
         return (start, ev)
 

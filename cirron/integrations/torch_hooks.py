@@ -1,0 +1,350 @@
+"""The state and hot-path callbacks of the torch hooks (installed by :mod:`.torch`).
+
+Everything here that runs per batch is written for speed: a depth counter and one clock read
+per outermost forward / optimizer step, one span tuple per child, no lock and no allocation
+beyond the recorder's own records. See :mod:`cirron.integrations.torch` for what is recorded.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Callable
+from time import perf_counter_ns
+from typing import Any
+
+import torch
+
+from cirron.core.snapshots import SnapshotWriter
+from cirron.integrations.torch_cuda import CudaTiming
+from cirron.integrations.torch_watch import Watched
+
+__all__ = ["Hooks"]
+
+_OWNED, _TRAIN, _EVAL, _SILENT = 1, 2, 3, 4
+_WAKE_MASK = 4095  # wake the flusher every 4096 batches so span buffers never fill
+
+
+class _Pass:
+    """One pass over a DataLoader (one ``iter(loader)``)."""
+
+    __slots__ = ("batch", "battrs", "gpu", "loader", "mode", "n", "outer", "start", "thread")
+
+    def __init__(self, loader: Any, start: int) -> None:
+        self.loader = loader  # strong: `for x in DataLoader(...)` keeps no other reference
+        self.start = start
+        self.mode = 0
+        self.n = 0
+        self.batch: Any = None
+        self.outer: Any = None
+        self.battrs: dict[str, Any] = {}
+        self.gpu: Any = None
+        self.thread = threading.get_ident()
+
+
+class Hooks:
+    """The torch hooks of one profiling session."""
+
+    def __init__(self, cirron: Any, profiler: Any, *, timing: bool) -> None:
+        self.c = cirron
+        self.p = profiler
+        self.rec = rec = cirron._rec
+        self.owners = rec.owners
+        self.Scope = rec.Scope
+        self.timing = timing
+        self.fdepth = 0
+        self.ft0 = 0
+        self.fgpu: Any = None
+        self.odepth = 0
+        self.ot0 = 0
+        self.ogpu: Any = None
+        self.in_backward = False
+        self.train_loader: weakref.ref[Any] | None = None
+        self.epoch_pass: _Pass | None = None
+        self.epoch_n = 0
+        self.eval_n = 0
+        self.epoch_peak = 0
+        self.sample_amp = True
+        self.cuda = CudaTiming.maybe() if timing else None
+        settings = profiler.settings
+        self.watched = Watched(SnapshotWriter(
+            mode=getattr(settings, "snapshots", "stats") or "stats",
+            sample_rate=float(getattr(settings, "sample_rate", 0.01) or 0.0),
+            queue=rec.snapshots, new_id=rec.new_id, spool=profiler.spool,
+            transport=profiler.transport))
+        self.global_fwd: list[Any] = []
+        self.model_fwd: list[Any] = []
+        self.undo: list[Callable[[], None]] = []
+        self.live = True
+
+    # -- faults ---------------------------------------------------------------------------------
+    def fault(self, where: str, exc: BaseException) -> None:
+        self.rec.internal_error(f"torch {where}", exc)
+
+    # -- forward (outermost call only) ------------------------------------------------------------
+    def fwd_pre(self, module: Any, args: Any) -> None:
+        # Hot path: a depth counter, one clock read at depth 0.
+        d = self.fdepth
+        self.fdepth = d + 1
+        if d == 0:
+            if self.sample_amp:
+                self._sample_amp(module)
+            cuda = self.cuda
+            if cuda is not None and cuda.on():
+                self.fgpu = cuda.start()
+            self.ft0 = perf_counter_ns()
+
+    def fwd_post(self, module: Any, args: Any, output: Any) -> None:
+        d = self.fdepth - 1
+        self.fdepth = d if d > 0 else 0
+        if d == 0 and not self.owners.get("step"):
+            t1 = perf_counter_ns()
+            attrs = None
+            g = self.fgpu
+            if g is not None:
+                self.fgpu = None
+                attrs = {"__gpu": self.cuda.stop(g)}  # type: ignore[union-attr]
+            self.rec.span("forward", self.ft0, t1, attrs=attrs)
+
+    def _sample_amp(self, module: Any) -> None:
+        self.sample_amp = False
+        try:
+            dev = "cuda" if self.cuda is not None and self.cuda.on() else "cpu"
+            on = torch.is_autocast_enabled(dev)
+            amp = str(torch.get_autocast_dtype(dev)).removeprefix("torch.") if on else None
+            self._session_attrs(autocast=amp)
+        except Exception as exc:
+            self.fault("autocast", exc)
+
+    # -- backward ---------------------------------------------------------------------------------
+    def wrap_backward(self, orig: Callable[..., Any]) -> Callable[..., Any]:
+        def backward(*args: Any, **kwargs: Any) -> Any:
+            if not self.live or self.in_backward or self.owners.get("step"):
+                return orig(*args, **kwargs)
+            self.in_backward = True
+            cuda = self.cuda
+            g = cuda.start() if cuda is not None and cuda.on() else None
+            t0 = perf_counter_ns()
+            try:
+                return orig(*args, **kwargs)
+            finally:
+                t1 = perf_counter_ns()
+                self.in_backward = False
+                attrs = None
+                if g is not None and cuda is not None:
+                    attrs = {"__gpu": cuda.stop(g)}
+                self.rec.span("backward", t0, t1, attrs=attrs)
+        backward.__wrapped__ = orig  # type: ignore[attr-defined]
+        return backward
+
+    # -- optimizer step ---------------------------------------------------------------------------
+    def opt_pre(self, opt: Any, args: Any, kwargs: Any) -> None:
+        d = self.odepth
+        self.odepth = d + 1
+        if d == 0:
+            cuda = self.cuda
+            if cuda is not None and cuda.on():
+                self.ogpu = cuda.start()
+            self.ot0 = perf_counter_ns()
+
+    def opt_post(self, opt: Any, args: Any, kwargs: Any) -> None:
+        d = self.odepth - 1
+        self.odepth = d if d > 0 else 0
+        if d == 0 and not self.owners.get("step"):
+            t1 = perf_counter_ns()
+            attrs = None
+            g = self.ogpu
+            if g is not None:
+                self.ogpu = None
+                attrs = {"__gpu": self.cuda.stop(g)}  # type: ignore[union-attr]
+            self.rec.span("optimizer_step", self.ot0, t1, attrs=attrs)
+
+    # -- DataLoader -------------------------------------------------------------------------------
+    def new_pass(self, loader: Any, it: Any, start: int) -> None:
+        p = _Pass(loader, start)
+        slot = it.__dict__.get("_cirron_slot")
+        if slot is None or slot[1] is not self:
+            slot = it.__dict__["_cirron_slot"] = [p, self]
+            f = weakref.finalize(it, _iterator_died, slot)
+            f.atexit = False
+        else:
+            old = slot[0]
+            if old is not p:
+                self.finish_pass(old, perf_counter_ns(), early=True)
+            slot[0] = p
+
+    def next(self, it: Any, orig: Callable[[Any], Any]) -> Any:
+        # Hot path: one call per fetched batch. The original __next__ runs exactly once.
+        try:
+            slot = it.__dict__.get("_cirron_slot")
+            p = slot[0] if slot is not None and slot[1] is self else None
+            if p is None or not p.mode:
+                p = self._begin(it, p)
+            mode = p.mode
+            if mode == _SILENT:
+                return orig(it)
+            t0 = perf_counter_ns()
+            if mode != _OWNED:
+                b = p.batch
+                if b is not None:
+                    p.batch = None
+                    self._close_batch(p, b, t0)
+        except Exception as exc:
+            self.fault("DataLoader.__next__", exc)
+            return orig(it)
+        try:
+            item = orig(it)
+        except StopIteration:
+            if mode != _OWNED:
+                self.finish_pass(p, t0)
+            raise
+        try:
+            t1 = perf_counter_ns()
+            if mode == _OWNED:
+                self.rec.span("data_load", t0, t1)
+                return item
+            s = self.Scope("batch", p.n, **p.battrs)
+            s.__enter__()
+            s.start = t0
+            p.batch = s
+            n = p.n = p.n + 1
+            cuda = self.cuda
+            if cuda is not None and cuda.on():
+                p.gpu = cuda.start()
+                cuda.reset_peak()
+            self.rec.span("data_load", t0, t1, parent=s)
+            if not n & _WAKE_MASK:
+                self.rec.wake()
+        except Exception as exc:
+            self.fault("DataLoader.__next__", exc)
+        return item
+
+    def _begin(self, it: Any, p: _Pass | None) -> _Pass:
+        """The first fetch of a pass: decide who owns its epoch and batches."""
+        if p is None:  # an iterator made before install, or not through DataLoader.__iter__
+            self.new_pass(getattr(it, "_cirron_loader", None), it, perf_counter_ns())
+            p = it.__dict__["_cirron_slot"][0]
+        if self.owners.get("step"):
+            p.mode = _SILENT  # a framework callback records this loop's children itself
+            return p
+        if self.owners["batch"] > 0:
+            p.mode = _OWNED
+            return p
+        loader = p.loader
+        if self._is_training_loader(loader):
+            p.mode = _TRAIN
+            if self.owners["epoch"] == 0:
+                prev = self.epoch_pass
+                if prev is not None:
+                    self.finish_pass(prev, perf_counter_ns(), early=True)
+                ep = self.rec.open("epoch", self.epoch_n, structural=True)
+                ep.start = min(p.start, ep.start)
+                self.epoch_n += 1
+                self.epoch_peak = 0
+                self.sample_amp = True
+                p.outer = ep
+                self.epoch_pass = p
+        else:
+            p.mode = _EVAL
+            v = self.rec.open("validation", self.eval_n, {"phase": "validation"})
+            v.start = min(p.start, v.start)
+            self.eval_n += 1
+            p.outer = v
+            p.battrs = {"phase": "validation"}
+        return p
+
+    def _is_training_loader(self, loader: Any) -> bool:
+        ref = self.train_loader
+        current = ref() if ref is not None else None
+        if current is None and loader is not None and torch.is_grad_enabled():
+            self.train_loader = weakref.ref(loader)
+            return True
+        return current is not None and current is loader
+
+    def _close_batch(self, p: _Pass, b: Any, end: int) -> None:
+        g = p.gpu
+        if g is not None:
+            p.gpu = None
+            cuda = self.cuda
+            b.attrs["__gpu"] = cuda.stop(g)  # type: ignore[union-attr]
+            peak = cuda.peak()  # type: ignore[union-attr]
+            b.attrs["__mem"] = peak
+            if peak > self.epoch_peak:
+                self.epoch_peak = peak
+        b.close(end)
+
+    def finish_pass(self, p: _Pass, end: int, *, early: bool = False) -> None:
+        """Close what a pass opened: its open batch, then its epoch or validation span."""
+        try:
+            b = p.batch
+            if b is not None:
+                p.batch = None
+                self._close_batch(p, b, end)
+            outer = p.outer
+            p.outer = None
+            if self.epoch_pass is p:
+                self.epoch_pass = None
+            if outer is not None and outer.open:
+                if early:
+                    outer.attrs["stopped_early"] = True
+                if outer.name == "epoch" and self.epoch_peak:
+                    outer.attrs["__mem"] = self.epoch_peak
+                self.rec.close(outer, end)
+        except Exception as exc:
+            self.fault("closing a DataLoader pass", exc)
+
+    # -- snapshots and session ------------------------------------------------------------------
+    def on_epoch_end(self, scope: Any) -> None:
+        span_id = scope.span_id
+        if span_id is not None:
+            self.watched.capture(span_id)
+
+    def watch(self, model: torch.nn.Module) -> None:
+        if not self.watched.add(model):
+            return
+        self._describe(model)
+        if not self.timing:
+            return
+        for h in self.global_fwd:  # per-model hooks from now on: far cheaper than global ones
+            h.remove()
+        self.global_fwd.clear()
+        self.model_fwd.append(model.register_forward_pre_hook(self.fwd_pre))
+        self.model_fwd.append(model.register_forward_hook(self.fwd_post, always_call=True))
+
+    def _describe(self, model: torch.nn.Module) -> None:
+        p = next(model.parameters(), None)
+        if p is not None:
+            self._session_attrs(device=str(p.device),
+                                dtype=str(p.dtype).removeprefix("torch."))
+
+    def _session_attrs(self, **attrs: Any) -> None:
+        s = self.p.session
+        if s is not None and s.open:
+            s.attrs.update(attrs)
+        self.p.session_attrs.update(attrs)
+
+    def remove(self) -> None:
+        self.live = False
+        while self.undo:
+            fn = self.undo.pop()
+            try:
+                fn()
+            except Exception as exc:
+                self.fault("uninstall", exc)
+        for h in self.global_fwd + self.model_fwd:
+            h.remove()
+        self.global_fwd.clear()
+        self.model_fwd.clear()
+        self.watched.models.clear()
+        if getattr(self.p, "_torch_hooks", None) is self:
+            self.p._torch_hooks = None
+
+
+def _iterator_died(slot: list[Any]) -> None:
+    p, hooks = slot
+    if not hooks.live or p.thread != threading.get_ident():
+        return  # another thread (cyclic GC): the next pass or exit closes it
+    if p.batch is not None or p.outer is not None:
+        hooks.finish_pass(p, perf_counter_ns(), early=True)
+
+
