@@ -361,7 +361,7 @@ def test_wrap_closes_what_an_interrupted_fit_left_open(keras: Any) -> None:
         model.fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=[Boom()])
     with ci.scope("after"):
         pass
-    assert ci._get()._rec.owners == {"epoch": 0, "batch": 0}
+    assert not any(ci._get()._rec.owners.values())
     ci.shutdown()
     sp = Spool()
     (epoch,) = sp.named("epoch")

@@ -140,16 +140,12 @@ class CirronCallback(keras.callbacks.Callback):
         return True
 
     def _own(self) -> None:
-        owners = self._rec.owners
-        owners["epoch"] += 1
-        owners["batch"] += 1
+        claim(self._rec.owners)
         self._owned += 1
 
     def _release(self) -> None:
         if self._owned and self._rec is not None:
-            owners = self._rec.owners
-            owners["epoch"] = max(0, owners["epoch"] - 1)
-            owners["batch"] = max(0, owners["batch"] - 1)
+            release(self._rec.owners)
             self._owned -= 1
 
     def _fault(self, where: str, exc: BaseException) -> None:
@@ -437,6 +433,22 @@ class CirronCallback(keras.callbacks.Callback):
         for k, v in logs.items():
             if type(v) is float or _markable(v):
                 mark(k, v, kind="summary")
+
+
+# "data_load": this callback records the gap between batches itself, so the torch DataLoader
+# hooks add no second data_load (the fetch runs before Keras' batch-begin hook).
+OWNED_LEVELS = ("epoch", "batch", "data_load")
+
+
+def claim(owners: dict[str, int]) -> None:
+    """Take the levels a Keras run owns; the torch hooks then only add children."""
+    for level in OWNED_LEVELS:
+        owners[level] = owners.get(level, 0) + 1
+
+
+def release(owners: dict[str, int]) -> None:
+    for level in OWNED_LEVELS:
+        owners[level] = max(0, owners.get(level, 0) - 1)
 
 
 def _pop_oldest(open_: dict[int, Any], batch: int) -> Any:

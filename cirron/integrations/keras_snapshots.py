@@ -108,8 +108,14 @@ def _to_numpy(w: Any) -> np.ndarray:
 def to_host(t: Any) -> np.ndarray:
     """One tensor or variable to numpy through its backend. TensorFlow's own ``.numpy()``
     avoids a NumPy 2 deprecation that ``convert_to_numpy`` triggers on TensorFlow objects."""
-    if keras.backend.backend() == "tensorflow" and hasattr(t, "numpy"):
-        return np.asarray(t.numpy())
+    backend = keras.backend.backend()
+    try:
+        if backend == "tensorflow":
+            return np.asarray(t.numpy())
+        if backend == "torch":
+            return np.asarray(t.detach().cpu().numpy())
+    except (AttributeError, TypeError):  # e.g. bfloat16, which torch cannot hand to numpy
+        pass
     return np.asarray(keras.ops.convert_to_numpy(t))
 
 

@@ -56,13 +56,15 @@ def wrap(cirron: Any, obj: Any) -> Any:
     callback = CirronCallback(cirron=target)
     for name in _INJECTED:
         original = getattr(obj, name)
-        object.__setattr__(obj, name, _injecting(obj, original, callback))
+        object.__setattr__(obj, name, _injecting(obj, original, callback, cirron._rec))
     object.__setattr__(obj, "__cirron_wrapped__", True)
     return obj
 
 
-def _injecting(model: Any, original: Callable[..., Any], callback: CirronCallback
+def _injecting(model: Any, original: Callable[..., Any], callback: CirronCallback, rec: Any
                ) -> Callable[..., Any]:
+    from cirron.integrations.keras import claim, release
+
     params = list(inspect.signature(original).parameters)
     position = params.index("callbacks") if "callbacks" in params else None
 
@@ -73,11 +75,17 @@ def _injecting(model: Any, original: Callable[..., Any], callback: CirronCallbac
             args_l[position] = _with_callback(model, args_l[position], callback)
         else:
             kwargs["callbacks"] = _with_callback(model, kwargs.get("callbacks"), callback)
+        # Own epoch/batch from the call on: Keras fetches a first batch to build the model
+        # before any callback hook runs, and the torch hooks must not make that an epoch.
+        owners = rec.owners
+        claim(owners)
         try:
             return original(*args_l, **kwargs)
         except BaseException:
             callback.abandon()
             raise
+        finally:
+            release(owners)
 
     return method
 
