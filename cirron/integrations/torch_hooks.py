@@ -181,16 +181,16 @@ class Hooks:
             if p is None or not p.mode:
                 p = self._begin(it, p)
             mode = p.mode
-            if mode == _SILENT:
-                return orig(it)
             t0 = perf_counter_ns()
-            if mode != _OWNED:
+            if mode == _TRAIN or mode == _EVAL:
                 b = p.batch
                 if b is not None:
                     p.batch = None
                     self._close_batch(p, b, t0)
         except Exception as exc:
             self.fault("DataLoader.__next__", exc)
+            return orig(it)
+        if mode == _SILENT:
             return orig(it)
         try:
             item = orig(it)
