@@ -161,6 +161,7 @@ def bench_memory(total: int) -> dict[str, float]:
         return (perf_counter_ns() - t0) / 1e6
 
     gc_before = statistics.median(full_gc_ms() for _ in range(5))
+    objects0 = len(gc.get_objects())
     rss0 = proc.memory_info().rss
     step = total // 10
     rss_series = []
@@ -173,6 +174,7 @@ def bench_memory(total: int) -> dict[str, float]:
     gc_after = statistics.median(full_gc_ms() for _ in range(5))
     return {
         "marks": total,
+        "gc_tracked_objects_delta": len(gc.get_objects()) - objects0,
         "rss_growth_mb_after_10pct": rss_series[0] / 2**20,
         "rss_growth_mb_at_end": rss_series[-1] / 2**20,
         "full_gc_ms_before": gc_before,
@@ -261,6 +263,11 @@ def main() -> None:
             f"{results['memory']['rss_growth_mb_at_end']:.1f} MB "
             f"(after 10%: {results['memory']['rss_growth_mb_after_10pct']:.1f} MB)",
             "bounded",
+        ),
+        (
+            "gc-tracked objects after 1M marks",
+            f"{results['memory']['gc_tracked_objects_delta']:+d}",
+            "no growth",
         ),
         (
             "full gc pass before/after",
