@@ -75,7 +75,7 @@ def measure(rounds: int, calls: int) -> dict[str, Any]:
         order = [(session.run, bare_us), (wrapped.run, wrapped_us)]
         for run, out in order if r % 2 == 0 else order[::-1]:
             out.append(time_calls(run, feed, calls))
-    diffs = [w - b for w, b in zip(wrapped_us, bare_us)]
+    diffs = [w - b for w, b in zip(wrapped_us, bare_us, strict=True)]
     overhead = statistics.median(diffs)
     return {
         "benchmark": "onnx_run_overhead",

@@ -43,6 +43,7 @@ def main() -> None:
         for request in range(500):
             batch = rng.random((1 + request % 32, 16), dtype=np.float32)
             (logits,) = session.run(["logits"], {"features": batch})
+            assert logits.shape == (len(batch), 3)
 
         data = ci.trace(format="dict")  # flushes first, so the marks are current
         marks = _session_marks(data)

@@ -105,7 +105,7 @@ def test_each_run_is_an_inference_span_with_inputs_and_provider(
     assert isinstance(session, CirronSession)
     for n in (1, 5, 10):
         x = batch(n)
-        for got, want in zip(session.run(None, {"X": x}), bare.run(None, {"X": x})):
+        for got, want in zip(session.run(None, {"X": x}), bare.run(None, {"X": x}), strict=True):
             np.testing.assert_array_equal(got, want)
 
     t = Trace(tmp_path)

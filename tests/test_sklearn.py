@@ -322,7 +322,7 @@ def test_a_search_gives_one_child_span_per_candidate_fit(profiled: None, tmp_pat
     assert outer["attrs"]["best_params"] == search.best_params_
     marks = t.marks_of(outer)
     assert marks["best_score"] == pytest.approx(search.best_score_)
-    assert marks["best_params"] == '{"C": %s}' % search.best_params_["C"]
+    assert marks["best_params"] == f'{{"C": {search.best_params_["C"]}}}'
     fits = t.named("fit", parent=outer)
     assert len(fits) == 2 * 2 + 1  # candidates x folds, then the refit
     assert sorted(f["attrs"]["candidate"]["C"] for f in fits[:4]) == [0.1, 0.1, 1.0, 1.0]
@@ -399,7 +399,7 @@ def test_only_estimators_are_wrapped() -> None:
 
 def test_a_wrapper_around_a_non_estimator_fails_clearly_at_fit() -> None:
     odd = CirronEstimator(estimator=object())  # construction only stores the parameter
-    with pytest.raises(TypeError, match="needs a scikit-learn estimator.*builtins.object"):
+    with pytest.raises(TypeError, match=r"needs a scikit-learn estimator.*builtins\.object"):
         odd.fit(X, Y)
     assert not hasattr(odd, "predict")
 

@@ -253,7 +253,7 @@ class CirronSession:
         labels = {"model": self._model, "provider": self._provider}
         pct = stats.percentiles()
         if pct is not None:
-            for q, ms in zip(("p50", "p95", "p99"), pct):
+            for q, ms in zip(("p50", "p95", "p99"), pct, strict=True):
                 rec.mark(f"{MARK_PREFIX}latency_{q}_ms", ms, kind="summary", **labels)
         rec.mark(f"{MARK_PREFIX}calls", calls, kind="summary", **labels)
         if stats.errors:

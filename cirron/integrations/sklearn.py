@@ -96,7 +96,7 @@ def _method(call: Any, method: str) -> Any:
     return available_if(_inner_has(method))(call)
 
 
-class CirronEstimator(MetaEstimatorMixin, BaseEstimator):
+class CirronEstimator(MetaEstimatorMixin, BaseEstimator):  # type: ignore[misc]
     """A scikit-learn meta-estimator that records one span per call of ``estimator``.
 
     Parameters
@@ -137,8 +137,7 @@ class CirronEstimator(MetaEstimatorMixin, BaseEstimator):
 
     def _fitted(self) -> Any:
         """The estimator that answers calls: the fitted clone, else the one given."""
-        d = self.__dict__
-        return d["estimator_"] if "estimator_" in d else self.estimator
+        return self.__dict__.get("estimator_", self.estimator)
 
     def __sklearn_tags__(self) -> Any:
         try:
@@ -165,12 +164,12 @@ class CirronEstimator(MetaEstimatorMixin, BaseEstimator):
         state.pop("_cirron", None)  # a Cirron instance is process state, never pickled
         return state
 
-    @available_if(_inner_has("__getitem__"))
+    @available_if(_inner_has("__getitem__"))  # type: ignore[untyped-decorator]
     def __getitem__(self, key: Any) -> Any:
         """Index the wrapped ``Pipeline`` / ``ColumnTransformer`` (the fitted one once fitted)."""
         return self._fitted()[key]
 
-    @available_if(_inner_has("set_output"))
+    @available_if(_inner_has("set_output"))  # type: ignore[untyped-decorator]
     def set_output(self, **params: Any) -> CirronEstimator:
         """Set the wrapped estimator's output container; returns the wrapper."""
         self.estimator.set_output(**params)
