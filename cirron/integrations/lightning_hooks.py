@@ -266,7 +266,6 @@ class CallbackHooks:
             rec.span("data_load", t0, now, parent=s)
             self._batch = s
             self._fwd = now
-            self._bwd = self._opt = 0
             self._last_batch = batch
             nb = self._nb = self._nb + 1
             if nb == 1:
@@ -315,8 +314,8 @@ class CallbackHooks:
         if b is None:
             return
         rec = self._rec
+        now = perf_counter_ns()
         try:
-            now = perf_counter_ns()
             if self._opt:
                 rec.span("optimizer_step", self._opt, now, parent=b)
                 self._opt = 0
@@ -328,18 +327,31 @@ class CallbackHooks:
                 if n >= self._every:
                     self._n = 0
                     self._mark_loss(rec, outputs)
-            b.close()
+            b.close(now)
         except Exception as exc:
             self._fault("on_train_batch_end", exc)
         self._batch = None
-        self._t_prev = self._train_end = perf_counter_ns()
+        self._t_prev = self._train_end = now
 
     def _mark_loss(self, rec: Any, outputs: Any) -> None:
-        loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
-        if loss is None or isinstance(loss, (list, tuple)):
+        # Hot path. Lightning's automatic-optimisation loss is already a detached copy: wrap it
+        # (converted on the flusher thread) instead of letting the recorder detach it again,
+        # which would allocate a new tensor per batch.
+        if type(outputs) is dict:  # automatic optimisation: {"loss": tensor, ...}
+            loss = outputs.get("loss")
+        else:
+            loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+        if loss is None:
             return
         k = self._scale
-        rec.mark("loss", loss if k == 1.0 or isinstance(loss, (int, float)) else Scaled(loss, k))
+        if type(loss) is float or type(loss) is int:
+            rec.mark("loss", loss * k if k != 1.0 else loss)
+            return
+        if getattr(loss, "requires_grad", False):  # a user's graph-attached tensor
+            loss = loss.detach()
+        elif getattr(loss, "shape", None) is None:
+            return
+        rec.mark("loss", Scaled(loss, k))
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         rec = self._rec

@@ -17,8 +17,9 @@ class Scaled:
     """A 0-d value the recorder converts off the training thread: ``tensor.item() * k``.
 
     Lightning divides the loss it hands to ``on_train_batch_end`` by ``accumulate_grad_batches``;
-    this undoes that without a tensor op or a device sync on the training thread (the recorder
-    treats anything with ``shape == ()`` and ``item()`` as a deferred scalar).
+    this undoes that without a tensor op or a device sync on the training thread. The recorder
+    treats anything with ``shape == ()``, ``detach()`` and ``item()`` as a deferred 0-d tensor;
+    wrapping Lightning's already-detached loss also saves allocating a new tensor per batch.
     """
 
     __slots__ = ("k", "t")
@@ -28,8 +29,12 @@ class Scaled:
         self.t = t
         self.k = k
 
+    def detach(self) -> Scaled:  # what the recorder calls on a tensor: nothing to do here
+        return self
+
     def item(self) -> float:
-        return float(self.t.item()) * self.k
+        value = float(self.t.item())
+        return value * self.k if self.k != 1.0 else value
 
 
 def batch_size(batch: Any) -> int | None:
