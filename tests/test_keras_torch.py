@@ -182,4 +182,5 @@ def test_zero_config_on_torch_backend(keras: Any, cb_cls: Any) -> None:
     ci.shutdown()
     sp = Spool()
     assert sp.session["attrs"]["keras_backend"] == "torch"
+    assert sp.session["attrs"]["framework"] == "keras"  # not the torch hooks' "pytorch"
     assert [e["index"] for e in sp.named("epoch")] == [0]

@@ -71,7 +71,7 @@ class _Loop:
         self.max_end = -1
 
 
-class CirronCallback(keras.callbacks.Callback):
+class CirronCallback(keras.callbacks.Callback):  # type: ignore[misc]
     """Record a Keras ``fit``/``evaluate``/``predict`` with cirron. Zero configuration.
 
     Without a prior ``ci.profile()`` the callback starts profiling (with the instance's resolved
@@ -133,7 +133,7 @@ class CirronCallback(keras.callbacks.Callback):
         p = c.profiler
         if p is None or p._finished:
             p = c.profile()
-            _stamp_session(p)
+            _stamp_session(c, p)
         if not c.profiling:
             return False  # profile(enabled=False): record nothing
         self._rec = c._rec
@@ -466,16 +466,16 @@ def _markable(v: Any) -> bool:
         return False
 
 
-def _stamp_session(p: Any) -> None:
-    """A session this callback started says it is a Keras run."""
+def _stamp_session(c: Any, p: Any) -> None:
+    """A session this callback started says it is a Keras run (even when the torch hooks, on
+    the torch backend, said "pytorch"); a ``framework`` from cirron.yaml is kept."""
     session = getattr(p, "session", None)
     if session is None or not session.open:
         return
-    attrs = session.attrs
     extra = {"keras_version": keras.__version__, "keras_backend": keras.backend.backend()}
-    if "framework" not in attrs:
+    if not getattr(c.project, "framework", None):
         extra["framework"] = "keras"
-    attrs.update(extra)
+    session.attrs.update(extra)
 
 
 def _data_facts() -> dict[str, Any]:
@@ -483,7 +483,7 @@ def _data_facts() -> dict[str, Any]:
 
     Keras 3 does not hand the batch size to callbacks; the trainer's ``fit`` frame holds it.
     """
-    f = sys._getframe(2)
+    f: Any = sys._getframe(2)
     for _ in range(8):
         if f is None:
             break
@@ -505,7 +505,7 @@ def _data_facts() -> dict[str, Any]:
 
 
 def _samples(facts: dict[str, Any], steps: int) -> int:
-    bs = facts.get("batch_size", 0)
+    bs = int(facts.get("batch_size", 0))
     n = steps * bs
     partial = facts.get("partial_batch_size")
     if partial and steps == facts.get("num_batches"):

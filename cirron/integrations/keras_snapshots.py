@@ -42,7 +42,7 @@ def snapshot_model(cirron: Any, model: Any, epoch_scope: Any) -> int:
         return 0
     writer = _writer(cirron, p)
     named = _named(model.weights)
-    arrays = None
+    arrays: tuple[dict[str, np.ndarray], dict[str, np.ndarray]] | None = None
     if writer.wants_blobs():
         arrays = ({n: np.ascontiguousarray(_to_numpy(w)) for n, w in named}, {})
     stats = weight_stats(model, named=named, arrays=arrays[0] if arrays else None)
