@@ -1,24 +1,15 @@
 """The Lightning hooks behind :class:`cirron.integrations.lightning.CirronCallback`.
 
-:class:`CallbackHooks` imports no Lightning: :func:`cirron.integrations.lightning.callback_class`
-mixes it with each namespace's ``Callback``. It drives the core's primitives only:
-
-* ``setup``: start profiling if nothing runs yet, take ownership of the ``epoch`` and ``batch``
-  levels (``rec.owners``) so the torch hooks open neither, and of ``rec.owners["step"]`` so they
-  record no ``data_load`` / ``forward`` / ``backward`` / ``optimizer_step`` either (this callback
-  times those from Lightning's hooks: under ``optimizer.step(closure)`` a torch step hook would
-  wrap forward and backward too); stamp rank and world size; watch the LightningModule for
-  per-epoch weight/gradient statistics;
-* training: ``epoch`` (index ``trainer.current_epoch``) → ``batch`` (index ``batch_idx``) with
-  ``data_load`` / ``forward`` / ``backward`` / ``optimizer_step`` children recorded after the
-  fact with ``rec.span``; ``validation`` / ``test`` / ``predict`` runs hold ``batch`` spans with
-  attr ``phase``;
-* marks: the step loss per training batch (``point``); ``callback_metrics``, learning rates,
-  batch size, samples and samples/s, checkpoints and early stopping on the epoch (``summary``);
-* ``teardown`` / ``on_exception``: close what is open and give the levels back. The session stays
-  open for later fits; it closes at ``ci.shutdown()`` or interpreter exit.
-
-Every hook catches its own faults (``rec.internal_error``) so nothing raises into training.
+:class:`CallbackHooks` imports no Lightning (``callback_class`` mixes it with each namespace's
+``Callback``) and drives the core's primitives only. ``setup`` starts profiling if nothing runs,
+takes ``rec.owners`` "epoch", "batch" and "step" (the torch hooks then open no epoch/batch and
+time no step children: under ``optimizer.step(closure)`` theirs would wrap forward and backward),
+stamps rank/world size and watches the module for snapshots. Training records ``epoch`` →
+``batch`` → ``data_load`` / ``forward`` / ``backward`` / ``optimizer_step`` (children after the
+fact, ``rec.span``); evaluation runs hold ``batch`` spans with attr ``phase``. ``teardown`` /
+``on_exception`` close what is open and release the levels; the session stays open. Every hook
+catches its own faults (``rec.internal_error``): nothing raises into training. See
+docs/lightning.md.
 """
 
 from __future__ import annotations
