@@ -50,8 +50,9 @@ BUDGET_FIT_PCT = 3.0
 
 def _model(seed: int = 0) -> Any:
     keras.utils.set_random_seed(seed)
-    model = keras.Sequential([keras.Input((16,)), keras.layers.Dense(32, activation="relu"),
-                              keras.layers.Dense(1)])
+    model = keras.Sequential(
+        [keras.Input((16,)), keras.layers.Dense(32, activation="relu"), keras.layers.Dense(1)]
+    )
     model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse", metrics=["mae"])
     return model
 
@@ -68,8 +69,12 @@ def _hook_loop(cb: Any) -> Callable[[int], None]:
     return run
 
 
-def _interleaved(fns: dict[str, Callable[[int], None]], n: int, rounds: int,
-                 between: Callable[[], None] = lambda: None) -> dict[str, float]:
+def _interleaved(
+    fns: dict[str, Callable[[int], None]],
+    n: int,
+    rounds: int,
+    between: Callable[[], None] = lambda: None,
+) -> dict[str, float]:
     """Median ns per iteration of each function, measured alternately."""
     out: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(rounds):
@@ -91,16 +96,21 @@ def bench_hooks(n: int, rounds: int) -> dict[str, float]:
         base = keras.callbacks.Callback()
         cb.on_train_begin()
         cb.on_epoch_begin(0)
-        med = _interleaved({"bare": _hook_loop(base), "cirron": _hook_loop(cb)}, n, rounds,
-                           between=ci.flush)
+        med = _interleaved(
+            {"bare": _hook_loop(base), "cirron": _hook_loop(cb)}, n, rounds, between=ci.flush
+        )
         threaded = _threaded_ends(cb, n, rounds)
         cb.on_epoch_end(0, {"loss": 0.25})
         cb.on_train_end()
         ci.shutdown()
-    return {"batches_per_round": n, "rounds": rounds,
-            "baseline_us": med["bare"] / 1e3, "total_us": med["cirron"] / 1e3,
-            "cost_us": (med["cirron"] - med["bare"]) / 1e3,
-            "end_on_worker_thread_us": threaded / 1e3}
+    return {
+        "batches_per_round": n,
+        "rounds": rounds,
+        "baseline_us": med["bare"] / 1e3,
+        "total_us": med["cirron"] / 1e3,
+        "cost_us": (med["cirron"] - med["bare"]) / 1e3,
+        "end_on_worker_thread_us": threaded / 1e3,
+    }
 
 
 def _threaded_ends(cb: Any, n: int, rounds: int) -> float:
@@ -153,8 +163,10 @@ def bench_fit(batches: int, rounds: int) -> dict[str, Any]:
         ci.shutdown()
     ratios = sorted(wi / bi for wi, bi in zip(w, b, strict=True))
     return {
-        "batches_per_fit": batches, "rounds": rounds,
-        "bare_fit_ms": statistics.median(b), "callback_fit_ms": statistics.median(w),
+        "batches_per_fit": batches,
+        "rounds": rounds,
+        "bare_fit_ms": statistics.median(b),
+        "callback_fit_ms": statistics.median(w),
         "bare_step_us": statistics.median(b) * 1e3 / batches,
         "overhead_pct": (statistics.median(w) / statistics.median(b) - 1) * 100,
         "overhead_pct_median_of_paired_ratios": (statistics.median(ratios) - 1) * 100,
@@ -168,9 +180,13 @@ def main() -> None:
     n, rounds = (500, 41) if args.quick else (500, 151)
     batches, fit_rounds = (200, 10) if args.quick else (400, 30)
     results: dict[str, Any] = {
-        "python": platform.python_version(), "cpus": os.cpu_count(),
-        "keras": keras.__version__, "backend": keras.backend.backend(), "quick": args.quick,
-        "hooks": bench_hooks(n, rounds), "fit": bench_fit(batches, fit_rounds),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "keras": keras.__version__,
+        "backend": keras.backend.backend(),
+        "quick": args.quick,
+        "hooks": bench_hooks(n, rounds),
+        "fit": bench_fit(batches, fit_rounds),
     }
     _print(results)
     out = ROOT / "benchmarks" / "results"
@@ -183,18 +199,24 @@ def main() -> None:
 def _print(r: dict[str, Any]) -> None:
     h, f = r["hooks"], r["fit"]
     rows = [
-        ("per-batch callback work (begin+end)",
-         f"{h['cost_us']:.2f} µs  (total {h['total_us']:.2f}, no-op base {h['baseline_us']:.2f})",
-         f"≤ {BUDGET_BATCH_US:g} µs"),
+        (
+            "per-batch callback work (begin+end)",
+            f"{h['cost_us']:.2f} µs  (total {h['total_us']:.2f}, no-op base {h['baseline_us']:.2f})",
+            f"≤ {BUDGET_BATCH_US:g} µs",
+        ),
         ("batch end on a worker thread", f"{h['end_on_worker_thread_us']:.2f} µs", "—"),
-        (f"tiny fit, {f['batches_per_fit']} batches ({f['bare_step_us']:.0f} µs/step)",
-         f"{f['bare_fit_ms']:.1f} ms → {f['callback_fit_ms']:.1f} ms: "
-         f"{f['overhead_pct']:+.2f} % (paired {f['overhead_pct_median_of_paired_ratios']:+.2f} %)",
-         f"≤ {BUDGET_FIT_PCT:g} %"),
+        (
+            f"tiny fit, {f['batches_per_fit']} batches ({f['bare_step_us']:.0f} µs/step)",
+            f"{f['bare_fit_ms']:.1f} ms → {f['callback_fit_ms']:.1f} ms: "
+            f"{f['overhead_pct']:+.2f} % (paired {f['overhead_pct_median_of_paired_ratios']:+.2f} %)",
+            f"≤ {BUDGET_FIT_PCT:g} %",
+        ),
     ]
     width = max(len(a) for a, _, _ in rows)
-    print(f"Keras {r['keras']} on {r['backend']}, Python {r['python']}, {r['cpus']} CPUs"
-          f"{' (quick)' if r['quick'] else ''}")
+    print(
+        f"Keras {r['keras']} on {r['backend']}, Python {r['python']}, {r['cpus']} CPUs"
+        f"{' (quick)' if r['quick'] else ''}"
+    )
     print(f"{'measure':<{width}}  {'result':<64} budget")
     for name, value, budget in rows:
         print(f"{name:<{width}}  {value:<64} {budget}")

@@ -71,8 +71,9 @@ class _NoHooks:
     def on_validation_batch_end(self, *a: Any) -> None: ...
 
 
-def _train_loop(cb: Any, trainer: Any, module: Any, batch: Any, out: Any, opt: Any
-                ) -> Callable[[int], None]:
+def _train_loop(
+    cb: Any, trainer: Any, module: Any, batch: Any, out: Any, opt: Any
+) -> Callable[[int], None]:
     def run(n: int) -> None:
         for i in range(n):
             cb.on_train_batch_start(trainer, module, batch, i)
@@ -81,6 +82,7 @@ def _train_loop(cb: Any, trainer: Any, module: Any, batch: Any, out: Any, opt: A
             cb.on_before_optimizer_step(trainer, module, opt)
             cb._after_step(opt, (), {})
             cb.on_train_batch_end(trainer, module, out, batch, i)
+
     return run
 
 
@@ -89,6 +91,7 @@ def _eval_loop(cb: Any, trainer: Any, module: Any, batch: Any) -> Callable[[int]
         for i in range(n):
             cb.on_validation_batch_start(trainer, module, batch, i)
             cb.on_validation_batch_end(trainer, module, None, batch, i)
+
     return run
 
 
@@ -98,9 +101,18 @@ def bench_hooks(n: int, rounds: int) -> dict[str, float]:
     c.profile(frameworks=[])
     cb = CirronCallback(cirron=c, snapshots=False)
     opt = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=0.1)
-    trainer = SimpleNamespace(current_epoch=0, world_size=1, global_rank=0, local_rank=0,
-                              callbacks=[cb], optimizers=[opt], accumulate_grad_batches=1,
-                              sanity_checking=False, callback_metrics={}, should_stop=False)
+    trainer = SimpleNamespace(
+        current_epoch=0,
+        world_size=1,
+        global_rank=0,
+        local_rank=0,
+        callbacks=[cb],
+        optimizers=[opt],
+        accumulate_grad_batches=1,
+        sanity_checking=False,
+        callback_metrics={},
+        should_stop=False,
+    )
     module = SimpleNamespace(automatic_optimization=True)
     batch = (torch.zeros(32, 8), torch.zeros(32, 1))
     out = {"loss": torch.tensor(0.5)}
@@ -109,32 +121,50 @@ def bench_hooks(n: int, rounds: int) -> dict[str, float]:
     cb.on_train_epoch_start(trainer, module)
     base = _NoHooks()
     loops = {
-        "train": (_train_loop(base, trainer, module, batch, out, opt),
-                  _train_loop(cb, trainer, module, batch, out, opt)),
+        "train": (
+            _train_loop(base, trainer, module, batch, out, opt),
+            _train_loop(cb, trainer, module, batch, out, opt),
+        ),
     }
     results: dict[str, float] = {}
     for name, (bare, timed) in loops.items():
         _record(results, name, _interleaved(bare, timed, n, rounds, c))
     cb.on_train_epoch_end(trainer, module)
     cb.on_validation_start(trainer, module)
-    _record(results, "eval", _interleaved(_eval_loop(base, trainer, module, batch),
-                                          _eval_loop(cb, trainer, module, batch), n, rounds, c))
+    _record(
+        results,
+        "eval",
+        _interleaved(
+            _eval_loop(base, trainer, module, batch),
+            _eval_loop(cb, trainer, module, batch),
+            n,
+            rounds,
+            c,
+        ),
+    )
     cb.on_validation_end(trainer, module)
     cb.teardown(trainer, module, "fit")
     c.shutdown()
     return results
 
 
-def _record(results: dict[str, float], name: str,
-            m: tuple[float, float, float, float]) -> None:
+def _record(results: dict[str, float], name: str, m: tuple[float, float, float, float]) -> None:
     bw, tw, bc, tc = m
-    results.update({f"{name}_baseline_us": bw, f"{name}_total_us": tw, f"{name}_cost_us": tw - bw,
-                    f"{name}_cpu_baseline_us": bc, f"{name}_cpu_total_us": tc,
-                    f"{name}_cpu_cost_us": tc - bc})
+    results.update(
+        {
+            f"{name}_baseline_us": bw,
+            f"{name}_total_us": tw,
+            f"{name}_cost_us": tw - bw,
+            f"{name}_cpu_baseline_us": bc,
+            f"{name}_cpu_total_us": tc,
+            f"{name}_cpu_cost_us": tc - bc,
+        }
+    )
 
 
-def _interleaved(bare: Callable[[int], None], timed: Callable[[int], None], n: int, rounds: int,
-                 c: Any) -> tuple[float, float, float, float]:
+def _interleaved(
+    bare: Callable[[int], None], timed: Callable[[int], None], n: int, rounds: int, c: Any
+) -> tuple[float, float, float, float]:
     """Median µs per batch of ``bare`` and ``timed``, measured alternately: wall time, and CPU
     time of this thread (one clock read per round, so its cost does not count)."""
     bw, tw, bc, tc = [], [], [], []
@@ -155,8 +185,9 @@ def _interleaved(bare: Callable[[int], None], timed: Callable[[int], None], n: i
 class Mlp(L.LightningModule):
     def __init__(self) -> None:
         super().__init__()
-        self.net = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(),
-                                       torch.nn.Linear(64, 1))
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 1)
+        )
 
     def forward(self, x: Any) -> Any:
         return self.net(x)
@@ -192,8 +223,9 @@ class StepClock(L.Callback):
 
 def _loader(batches: int) -> Any:
     g = torch.Generator().manual_seed(0)
-    data = torch.utils.data.TensorDataset(torch.randn(batches * 32, 32, generator=g),
-                                          torch.randn(batches * 32, 1, generator=g))
+    data = torch.utils.data.TensorDataset(
+        torch.randn(batches * 32, 32, generator=g), torch.randn(batches * 32, 1, generator=g)
+    )
     return torch.utils.data.DataLoader(data, batch_size=32)
 
 
@@ -216,9 +248,16 @@ def _fit(variant: str, loader: Any, workdir: Path) -> tuple[float, float, float]
         callbacks.append(CirronCallback(snapshots=False))
     elif variant == "zero_config":
         callbacks.append(CirronCallback())
-    trainer = L.Trainer(max_epochs=1, logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, enable_checkpointing=False,
-                        accelerator="cpu", devices=1, callbacks=callbacks)
+    trainer = L.Trainer(
+        max_epochs=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        accelerator="cpu",
+        devices=1,
+        callbacks=callbacks,
+    )
     model = Mlp()
     t0 = perf_counter_ns()
     trainer.fit(model, loader)
@@ -239,12 +278,18 @@ def bench_fit(batches: int, rounds: int) -> dict[str, Any]:
     for r in range(rounds):
         for v in names if r % 2 == 0 else names[::-1]:
             runs[v].append(_fit(v, loader, workdir))
-    out: dict[str, Any] = {"batches_per_fit": batches, "rounds": rounds,
-                           "torch_threads": torch.get_num_threads(), "variants": VARIANTS}
+    out: dict[str, Any] = {
+        "batches_per_fit": batches,
+        "rounds": rounds,
+        "torch_threads": torch.get_num_threads(),
+        "variants": VARIANTS,
+    }
     for v in names:
         cols = list(zip(*runs[v], strict=True))
-        out[v] = {k: statistics.median(c) for k, c in zip(("fit_ms", "step_us", "step_cpu_us"),
-                                                          cols, strict=True)}
+        out[v] = {
+            k: statistics.median(c)
+            for k, c in zip(("fit_ms", "step_us", "step_cpu_us"), cols, strict=True)
+        }
         if v == "bare":
             continue
         for ref in ("bare", "noop") if v != "noop" else ("bare",):
@@ -265,9 +310,13 @@ def main() -> None:
     n, hook_rounds = (2_000, 21) if args.quick else (5_000, 61)
     batches, fit_rounds = (100, 11) if args.quick else (200, 41)
     torch.set_num_threads(1)  # intra-op threads would fight the other processes for the cores
-    results: dict[str, Any] = {"python": sys.version.split()[0], "cpus": os.cpu_count(),
-                               "torch": torch.__version__, "lightning": L.__version__,
-                               "quick": args.quick}
+    results: dict[str, Any] = {
+        "python": sys.version.split()[0],
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "lightning": L.__version__,
+        "quick": args.quick,
+    }
     results["hooks"] = bench_hooks(n, hook_rounds)
     results["fit"] = bench_fit(batches, fit_rounds)
     _print(results)
@@ -279,24 +328,48 @@ def main() -> None:
 def _print(r: dict[str, Any]) -> None:
     h, f = r["hooks"], r["fit"]
     rows = [
-        ("callback work per training batch", f"{h['train_cpu_cost_us']:.2f} µs CPU, "
-         f"{h['train_cost_us']:.2f} µs wall (the calls alone: {h['train_cpu_baseline_us']:.2f})",
-         f"≤ {PER_BATCH_BUDGET_US:g} µs"),
-        ("callback work per validation batch", f"{h['eval_cpu_cost_us']:.2f} µs CPU, "
-         f"{h['eval_cost_us']:.2f} µs wall", ""),
-        ("fit, no callback", f"{f['bare']['fit_ms']:.0f} ms; per step {f['bare']['step_us']:.0f} µs"
-         f" wall, {f['bare']['step_cpu_us']:.0f} µs CPU", ""),
+        (
+            "callback work per training batch",
+            f"{h['train_cpu_cost_us']:.2f} µs CPU, "
+            f"{h['train_cost_us']:.2f} µs wall (the calls alone: {h['train_cpu_baseline_us']:.2f})",
+            f"≤ {PER_BATCH_BUDGET_US:g} µs",
+        ),
+        (
+            "callback work per validation batch",
+            f"{h['eval_cpu_cost_us']:.2f} µs CPU, {h['eval_cost_us']:.2f} µs wall",
+            "",
+        ),
+        (
+            "fit, no callback",
+            f"{f['bare']['fit_ms']:.0f} ms; per step {f['bare']['step_us']:.0f} µs"
+            f" wall, {f['bare']['step_cpu_us']:.0f} µs CPU",
+            "",
+        ),
     ]
-    for v, label in (("noop", "no-op L.Callback"), ("callback", "CirronCallback alone"),
-                     ("zero_config", "CirronCallback zero-config")):
+    for v, label in (
+        ("noop", "no-op L.Callback"),
+        ("callback", "CirronCallback alone"),
+        ("zero_config", "CirronCallback zero-config"),
+    ):
         d = f[v]
-        rows.append((f"fit, {label}", f"fit {d['fit_vs_bare_pct']:+.1f} %; per step "
-                     f"{d['step_vs_bare_pct']:+.1f} % wall, {d['step_cpu_vs_bare_pct']:+.1f} % CPU",
-                     f"≤ {FIT_BUDGET_PCT:g} %" if v != "noop" else ""))
+        rows.append(
+            (
+                f"fit, {label}",
+                f"fit {d['fit_vs_bare_pct']:+.1f} %; per step "
+                f"{d['step_vs_bare_pct']:+.1f} % wall, {d['step_cpu_vs_bare_pct']:+.1f} % CPU",
+                f"≤ {FIT_BUDGET_PCT:g} %" if v != "noop" else "",
+            )
+        )
         if v != "noop":
-            rows.append(("   same, vs the no-op callback", f"fit {d['fit_vs_noop_pct']:+.1f} %; "
-                         f"per step {d['step_vs_noop_pct']:+.1f} % wall, "
-                         f"{d['step_cpu_vs_noop_pct']:+.1f} % CPU", ""))
+            rows.append(
+                (
+                    "   same, vs the no-op callback",
+                    f"fit {d['fit_vs_noop_pct']:+.1f} %; "
+                    f"per step {d['step_vs_noop_pct']:+.1f} % wall, "
+                    f"{d['step_cpu_vs_noop_pct']:+.1f} % CPU",
+                    "",
+                )
+            )
     width = max(len(name) for name, _, _ in rows)
     print(f"{'measure':<{width}}  {'result (medians of interleaved rounds)':<58} budget")
     for name, value, budget in rows:

@@ -42,10 +42,12 @@ def tiny_model() -> bytes:
     """y = x + 1 on a (batch, 4) float tensor: the runtime's own cost is a few microseconds."""
     one = helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0])
     graph = helper.make_graph(
-        [helper.make_node("Add", ["x", "one"], ["y"])], "tiny",
+        [helper.make_node("Add", ["x", "one"], ["y"])],
+        "tiny",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
-        initializer=[one])
+        initializer=[one],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     onnx.checker.check_model(model)
@@ -113,8 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'':28}{'µs/call (median)':>18}")
     print(f"{'bare session.run':28}{result['bare_us_median']:>18.2f}")
     print(f"{'ci.wrap(session).run':28}{result['wrapped_us_median']:>18.2f}")
-    print(f"{'overhead (paired median)':28}{result['overhead_us_median']:>18.2f}"
-          f"   budget {BUDGET_US:.1f} µs: {'ok' if result['within_budget'] else 'OVER'}")
+    print(
+        f"{'overhead (paired median)':28}{result['overhead_us_median']:>18.2f}"
+        f"   budget {BUDGET_US:.1f} µs: {'ok' if result['within_budget'] else 'OVER'}"
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")

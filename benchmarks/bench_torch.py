@@ -49,15 +49,23 @@ def loader(x: torch.Tensor, y: torch.Tensor, batch: int) -> DataLoader[Any]:
 
 
 def mlp() -> tuple[nn.Module, DataLoader[Any]]:
-    model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(),
-                          nn.Linear(64, 10))
+    model = nn.Sequential(
+        nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10)
+    )
     return model, loader(torch.randn(64 * 200, 32), torch.randint(0, 10, (64 * 200,)), 64)
 
 
 def cnn() -> tuple[nn.Module, DataLoader[Any]]:
-    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                          nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                          nn.Flatten(), nn.Linear(32, 10))
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(32, 10),
+    )
     return model, loader(torch.randn(32 * 60, 3, 32, 32), torch.randint(0, 10, (32 * 60,)), 32)
 
 
@@ -103,8 +111,12 @@ def per_step(run: Callable[[], int]) -> float:
     return (time.perf_counter_ns() - t0) / n / 1e3
 
 
-def compare(make: Callable[[], tuple[nn.Module, DataLoader[Any]]],
-            profiled: Callable[..., int], rounds: int, spool: Path) -> dict[str, Any]:
+def compare(
+    make: Callable[[], tuple[nn.Module, DataLoader[Any]]],
+    profiled: Callable[..., int],
+    rounds: int,
+    spool: Path,
+) -> dict[str, Any]:
     torch.manual_seed(0)
     model, data = make()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
@@ -113,7 +125,7 @@ def compare(make: Callable[[], tuple[nn.Module, DataLoader[Any]]],
     bare: list[float] = []
     prof: list[float] = []
     for r in range(rounds):
-        for which in ((0, 1) if r % 2 == 0 else (1, 0)):
+        for which in (0, 1) if r % 2 == 0 else (1, 0):
             if which == 0:
                 bare.append(per_step(lambda: epoch_bare(model, opt, data)))
             else:
@@ -122,9 +134,14 @@ def compare(make: Callable[[], tuple[nn.Module, DataLoader[Any]]],
                 prof.append(per_step(lambda: profiled(model, opt, data)))
                 ci.shutdown()
     b, p = statistics.median(bare), statistics.median(prof)
-    return {"bare_us_per_step": round(b, 2), "profiled_us_per_step": round(p, 2),
-            "overhead_us_per_step": round(p - b, 2), "ratio": round(p / b, 4),
-            "ratio_of_minimums": round(min(prof) / min(bare), 4), "rounds": rounds}
+    return {
+        "bare_us_per_step": round(b, 2),
+        "profiled_us_per_step": round(p, 2),
+        "overhead_us_per_step": round(p - b, 2),
+        "ratio": round(p / b, 4),
+        "ratio_of_minimums": round(min(prof) / min(bare), 4),
+        "rounds": rounds,
+    }
 
 
 def snapshot_25m(repeats: int) -> dict[str, Any]:
@@ -140,9 +157,13 @@ def snapshot_25m(repeats: int) -> dict[str, Any]:
     weights_ms = [_timed(lambda: w.capture("1" * 32)) for _ in range(repeats)]
     model(torch.randn(4, 2048)).sum().backward()
     both_ms = [_timed(lambda: w.capture("1" * 32)) for _ in range(repeats)]
-    return {"parameters": params, "weights_ms": round(statistics.median(weights_ms), 1),
-            "weights_and_gradients_ms": round(statistics.median(both_ms), 1),
-            "budget_ms": 100, "repeats": repeats}
+    return {
+        "parameters": params,
+        "weights_ms": round(statistics.median(weights_ms), 1),
+        "weights_and_gradients_ms": round(statistics.median(both_ms), 1),
+        "budget_ms": 100,
+        "repeats": repeats,
+    }
 
 
 def _timed(fn: Callable[[], Any]) -> float:
@@ -165,18 +186,28 @@ def main() -> None:
         results["cnn_hooks"] = compare(cnn, epoch_hooks, rounds, spool)
         results["mlp_epochs_batches"] = compare(mlp, epoch_explicit, rounds, spool)
     results["snapshot_25m_cpu"] = snapshot_25m(3 if args.quick else 7)
-    print(f"{'benchmark':<22}{'bare µs/step':>14}{'cirron µs/step':>16}{'ratio':>9}"
-          f"{'min ratio':>11}{'budget':>9}")
+    print(
+        f"{'benchmark':<22}{'bare µs/step':>14}{'cirron µs/step':>16}{'ratio':>9}"
+        f"{'min ratio':>11}{'budget':>9}"
+    )
     for name, budget in BUDGETS.items():
         r = results[name]
-        print(f"{name:<22}{r['bare_us_per_step']:>14}{r['profiled_us_per_step']:>16}"
-              f"{r['ratio']:>9.3f}{r['ratio_of_minimums']:>11.3f}{budget:>9.2f}")
+        print(
+            f"{name:<22}{r['bare_us_per_step']:>14}{r['profiled_us_per_step']:>16}"
+            f"{r['ratio']:>9.3f}{r['ratio_of_minimums']:>11.3f}{budget:>9.2f}"
+        )
     s = results["snapshot_25m_cpu"]
-    print(f"snapshot stats, {s['parameters']:,} params: weights {s['weights_ms']} ms, "
-          f"weights+gradients {s['weights_and_gradients_ms']} ms (budget {s['budget_ms']} ms)")
-    results["meta"] = {"quick": args.quick, "torch": torch.__version__,
-                       "python": platform.python_version(), "machine": platform.machine(),
-                       "threads": torch.get_num_threads()}
+    print(
+        f"snapshot stats, {s['parameters']:,} params: weights {s['weights_ms']} ms, "
+        f"weights+gradients {s['weights_and_gradients_ms']} ms (budget {s['budget_ms']} ms)"
+    )
+    results["meta"] = {
+        "quick": args.quick,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "threads": torch.get_num_threads(),
+    }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")

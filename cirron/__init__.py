@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any
 from cirron._version import __version__
 from cirron.core.errors import (
     CirronConfigError,
-    CirronDataSizeError,
     CirronDatasetNotFound,
+    CirronDataSizeError,
     CirronDependencyError,
     CirronError,
     CirronPlatformRequired,

@@ -20,7 +20,7 @@ import platform
 import socket
 import threading
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from time import monotonic
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -65,6 +65,9 @@ class Profiler:
         self.lifecycle: Lifecycle | None = None
         self.frameworks: list[str] = []
         self.session_attrs: dict[str, Any] = {}
+        # Called at the start of every flush (periodic, explicit, final) while the session is
+        # open, e.g. to emit summary marks such as latency percentiles. Never raise.
+        self.flush_hooks: list[Callable[[], None]] = []
         self._finished = False
         self._in_child = False  # a fork() child of the process that called profile()
         self._finish_lock = threading.Lock()
@@ -93,6 +96,31 @@ class Profiler:
     ) -> Any:
         return self._cirron.trace(format=format, name=name, last=last, **kw)
 
+    def update_session(self, **attrs: Any) -> None:
+        """Add attributes to the session span (framework version, device, ...) while it is open.
+
+        The attribute dict is replaced, never mutated, so the flusher thread reading it for a
+        provisional record never sees it change size.
+        """
+        s = self.session
+        if s is not None and s.open:
+            s.attrs = {**s.attrs, **attrs}
+        self.session_attrs = {**self.session_attrs, **attrs}
+
+    def set_rank(
+        self, rank: int, local_rank: int | None = None, world_size: int | None = None
+    ) -> None:
+        """Stamp the distributed rank once it is known (e.g. after ``init_process_group``):
+        every span sealed from now on carries it, and the session records all three."""
+        if self.sealer is not None:
+            self.sealer.rank = int(rank)
+        extra: dict[str, Any] = {"rank": int(rank)}
+        if local_rank is not None:
+            extra["local_rank"] = int(local_rank)
+        if world_size is not None:
+            extra["world_size"] = int(world_size)
+        self.update_session(**extra)
+
     @property
     def session_id(self) -> str | None:
         return self.session.span_id if self.session is not None else None
@@ -113,6 +141,7 @@ class Profiler:
                 self.status = status
             elif self.status == "running":
                 self.status = "finished"
+            self.run_flush_hooks()
             self._close_open_spans()
             budget = self.settings.exit_timeout if self.settings is not None else 2.0
             budget = budget if timeout is None else timeout
@@ -127,6 +156,13 @@ class Profiler:
             self._uninstall()
         finally:
             self._finish_lock.release()
+
+    def run_flush_hooks(self) -> None:
+        for hook in list(self.flush_hooks):
+            try:
+                hook()
+            except Exception as exc:
+                self._cirron._rec.internal_error("flush hook", exc)
 
     def _close_open_spans(self) -> None:
         rec = self._cirron._rec
@@ -230,6 +266,16 @@ class Cirron:
     def profiling(self) -> bool:
         p = self._profiler
         return p is not None and p.enabled and not p._finished
+
+    def ensure_profiling(self) -> Profiler | None:
+        """Start a session with the resolved settings unless one is running (the zero-config
+        path of callbacks and wrappers); thread-safe and silent. Returns the running profiler,
+        or None when profiling was disabled with ``profile(enabled=False)``."""
+        with self._lock:
+            p = self._profiler
+            if p is None or p._finished:
+                p = self.profile()
+        return p if p.enabled else None
 
     @property
     def profiler(self) -> Profiler | None:
@@ -349,6 +395,7 @@ class Cirron:
             outputs=p.outputs,
             sink=p.transport,
             on_error=rec.internal_error,
+            before_flush=p.run_flush_hooks,
         )
         p.session_attrs = self._session_attrs(ctx, p)
         p.session = rec.open_root("cirron.session", p.session_attrs)

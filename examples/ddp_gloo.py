@@ -65,8 +65,11 @@ def report() -> None:
     for group in trace.group_runs(trace.sessions(data)):
         print(f"run {group[0].run_id}: {len(group)} rank(s)")
         for info in group:
-            steps = [s["end_ns"] - s["start_ns"] for s in data.spans.values()
-                     if s["name"] == "batch" and s.get("session_id") == info.id]
+            steps = [
+                s["end_ns"] - s["start_ns"]
+                for s in data.spans.values()
+                if s["name"] == "batch" and s.get("session_id") == info.id
+            ]
             mean_ms = statistics.fmean(steps) / 1e6 if steps else float("nan")
             print(f"  rank {info.rank}: {len(steps)} steps, mean step {mean_ms:.2f} ms")
 

@@ -13,11 +13,11 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
+import keras
+import numpy as np
 
-import cirron as ci  # noqa: E402
-from cirron.integrations.keras import CirronCallback  # noqa: E402
+import cirron as ci
+from cirron.integrations.keras import CirronCallback
 
 
 def main() -> None:
@@ -25,13 +25,21 @@ def main() -> None:
     x = rng.normal(size=(512, 8)).astype("float32")
     y = (x @ rng.normal(size=(8, 1))).astype("float32")
 
-    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(32, activation="relu"),
-                              keras.layers.Dense(1)])
+    model = keras.Sequential(
+        [keras.Input((8,)), keras.layers.Dense(32, activation="relu"), keras.layers.Dense(1)]
+    )
     model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse", metrics=["mae"])
 
     # epochs, batches, validation, data_load; logs as marks; weight statistics per epoch
-    model.fit(x, y, batch_size=32, epochs=3, validation_split=0.2, verbose=0,
-              callbacks=[CirronCallback(log_every_n_batches=2)])
+    model.fit(
+        x,
+        y,
+        batch_size=32,
+        epochs=3,
+        validation_split=0.2,
+        verbose=0,
+        callbacks=[CirronCallback(log_every_n_batches=2)],
+    )
 
     # or: instrument the model once, every fit/evaluate/predict records itself
     model = ci.wrap(model)

@@ -24,9 +24,15 @@ def export_model(path: Path) -> None:
     net = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 3))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter, on purpose
-        torch.onnx.export(net.eval(), (torch.zeros(1, 16),), str(path), dynamo=False,
-                          input_names=["features"], output_names=["logits"],
-                          dynamic_axes={"features": {0: "batch"}, "logits": {0: "batch"}})
+        torch.onnx.export(
+            net.eval(),
+            (torch.zeros(1, 16),),
+            str(path),
+            dynamo=False,
+            input_names=["features"],
+            output_names=["logits"],
+            dynamic_axes={"features": {0: "batch"}, "logits": {0: "batch"}},
+        )
 
 
 def main() -> None:
@@ -47,10 +53,12 @@ def main() -> None:
 
         data = ci.trace(format="dict")  # flushes first, so the marks are current
         marks = _session_marks(data)
-        print(f"{marks['inference.calls']} calls: "
-              f"p50 {marks['inference.latency_p50_ms']:.3f} ms, "
-              f"p95 {marks['inference.latency_p95_ms']:.3f} ms, "
-              f"p99 {marks['inference.latency_p99_ms']:.3f} ms")
+        print(
+            f"{marks['inference.calls']} calls: "
+            f"p50 {marks['inference.latency_p50_ms']:.3f} ms, "
+            f"p95 {marks['inference.latency_p95_ms']:.3f} ms, "
+            f"p99 {marks['inference.latency_p99_ms']:.3f} ms"
+        )
         print(ci.trace(last=3))
         ci.shutdown()
 

@@ -14,7 +14,9 @@ from cirron._version import __version__
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, "--version", "-V", prog_name="cirron", message="%(prog)s %(version)s")
+@click.version_option(
+    __version__, "--version", "-V", prog_name="cirron", message="%(prog)s %(version)s"
+)
 def cli() -> None:
     """cirron: read, export and ship the profiles that cirron records."""
 

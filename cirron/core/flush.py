@@ -58,6 +58,7 @@ class Flusher:
         outputs: tuple[str, ...],
         sink: BatchSink | None,
         on_error: Callable[[str, BaseException], None],
+        before_flush: Callable[[], None] | None = None,
     ) -> None:
         self.rec = rec
         self.sealer = sealer
@@ -66,6 +67,7 @@ class Flusher:
         self.outputs = outputs
         self.sink = sink
         self.on_error = on_error
+        self.before_flush = before_flush
         self.stats = FlushStats()
         self._lock = threading.Lock()
         self._event = threading.Event()
@@ -109,6 +111,8 @@ class Flusher:
 
     def flush(self, timeout: float | None = None) -> bool:
         """Seal and write everything buffered now. Returns False if the lock was not had."""
+        if self.before_flush is not None and not self._stop:
+            self.before_flush()  # e.g. latency percentiles as summary marks, sealed right now
         acquired = self._lock.acquire(timeout=-1 if timeout is None else timeout)
         if not acquired:
             return False

@@ -34,4 +34,7 @@ def read_session(
     else:
         batches = [b for _, b in tr.iter_batches(root / "spool")]
     data = tr.load(batches)
-    return tr.render(data, session_id=session_id, format=format, name=name, last=last, **kw)
+    try:
+        return tr.render(data, session_id=session_id, format=format, name=name, last=last, **kw)
+    except tr.SessionNotFound:  # a session that has recorded nothing yet reads back empty
+        return tr.render(tr.load([]), format=format, name=name, last=last, **kw)

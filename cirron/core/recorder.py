@@ -161,7 +161,7 @@ class Scope:
     __slots__ = ("_r", "attrs", "depth", "id", "index", "name", "parent", "start", "tb")
     rec: Recorder
 
-    def __init__(self, name: str, index: int | None = None, **attrs: Any) -> None:
+    def __init__(self, name: str, /, index: int | None = None, **attrs: Any) -> None:
         self.name = name
         self.index = index
         self.attrs = attrs
@@ -212,6 +212,7 @@ class Scope:
             r.unwind(self, c)
         else:
             cur.set(p)
+        n = next(tb.span_close_seq)
         tb.spans.append(
             (
                 self.id,
@@ -222,9 +223,11 @@ class Scope:
                 end,
                 self.attrs,
                 et,
-                next(tb.span_close_seq),
+                n,
             )
         )
+        if not n & _WAKE_MASK and n:  # a burst of spans: seal before the buffer fills
+            r.wake()
         return False
 
     def close(self, end_ns: int | None = None) -> None:
@@ -301,7 +304,10 @@ class Recorder:
         self.epoch_listeners: list[Callable[[Scope], None]] = []
         self.on_new_buffer: Callable[[], None] | None = None
         self.wake: Callable[[], None] = _noop
-        self.owners = {"epoch": 0, "batch": 0}  # >0 while an explicit owner is active
+        # >0 while an explicit owner (ci.epochs/ci.batches, a framework callback) holds a level.
+        # "step": the owner records data_load/forward/backward/optimizer_step itself (torch
+        # hooks stay silent); "data_load": the owner times fetching itself.
+        self.owners = {"epoch": 0, "batch": 0, "step": 0, "data_load": 0}
         self.snapshots: deque[dict[str, Any]] = deque()
         self._warned: set[str] = set()
         self.internal_errors = 0
@@ -333,7 +339,7 @@ class Recorder:
         self.root_id = None
         self.structural.clear()
         self.epoch_listeners.clear()
-        self.owners = {"epoch": 0, "batch": 0}
+        self.owners = {"epoch": 0, "batch": 0, "step": 0, "data_load": 0}
         self.on_new_buffer = None
         self.wake = _noop
 
@@ -413,7 +419,7 @@ class Recorder:
 
     # -- the hot path -----------------------------------------------------------------------
 
-    def mark(self, name: str, value: Any, *, kind: str = "point", **attrs: Any) -> None:
+    def mark(self, name: str, value: Any, /, *, kind: str = "point", **attrs: Any) -> None:
         """Record one named value against the innermost open scope. Never raises.
 
         ``value``: int, float, bool, str (capped at 256 bytes), a numpy scalar or a 0-d tensor
@@ -535,7 +541,8 @@ class Recorder:
     def open_root(self, name: str, attrs: dict[str, Any]) -> Scope:
         """Open the session span: a root that is not pushed on any context's stack, so every
         thread and task without an open scope attaches to it."""
-        s = self.Scope(name, None, **attrs)
+        s = self.Scope(name)
+        s.attrs = dict(attrs)
         try:
             tb = self.tls.tb
         except AttributeError:

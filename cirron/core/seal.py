@@ -83,7 +83,9 @@ def clean_attrs(attrs: dict[str, Any] | None) -> dict[str, Any]:
     if not attrs:
         return {}
     out: dict[str, Any] = {}
-    for k, v in attrs.items():
+    # list() copies in one C call, so an adapter adding an attribute to a still-open span on
+    # another thread cannot change the dict under this loop.
+    for k, v in list(attrs.items()):
         if isinstance(k, str) and k.startswith("__"):
             continue  # internal keys (e.g. pending GPU events) never reach the spool
         out[str(k)] = _clean(v, 0)

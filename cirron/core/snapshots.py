@@ -190,9 +190,16 @@ class SnapshotWriter:
             uri = uris[kind]
             mode = self.mode if uri is not None else "stats"
             for s in group:
-                self.queue.append(snapshot_record(
-                    s, record_id=self.new_id(), span_id=span_id, ts_ns=ts, mode=mode,
-                    blob_uri=uri))
+                self.queue.append(
+                    snapshot_record(
+                        s,
+                        record_id=self.new_id(),
+                        span_id=span_id,
+                        ts_ns=ts,
+                        mode=mode,
+                        blob_uri=uri,
+                    )
+                )
                 n += 1
         return n
 
@@ -218,4 +225,7 @@ class SnapshotWriter:
             f"cirron: this epoch's snapshot blobs are {size / 1e6:.0f} MB ({params:,} "
             f"parameters, mode {self.mode!r}). Raw tensors are written at every "
             f"{'epoch' if self.mode == 'full' else 'sampled epoch'}; use snapshots='stats' or "
-            "a lower sample_rate for large models.", CirronWarning, stacklevel=2)
+            "a lower sample_rate for large models.",
+            CirronWarning,
+            stacklevel=2,
+        )

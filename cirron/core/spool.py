@@ -90,10 +90,11 @@ class Spool:
         with os.scandir(self.dir) as it:
             for e in it:
                 if e.name.endswith(".json.tmp"):
-                    try:
-                        os.unlink(e.path)
-                    except OSError:
-                        pass
+                    if not _writer_alive(e.name):
+                        try:
+                            os.unlink(e.path)
+                        except OSError:
+                            pass
                 elif BATCH_NAME.match(e.name):
                     try:
                         entries.append((e.name, e.stat().st_size))
@@ -128,7 +129,9 @@ class Spool:
         return path
 
     def _write_atomic(self, path: Path, data: bytes) -> None:
-        tmp = path.with_name(path.name + ".tmp")
+        # The writer's pid in the temp name: a sweep at start (another rank sharing this
+        # directory, a restarted run) removes only what a dead process left behind.
+        tmp = path.with_name(f"{path.name[:-5]}.{os.getpid()}.json.tmp")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             try:
@@ -191,6 +194,24 @@ class Spool:
 
     def file_names(self) -> list[str]:
         return [name for name, _ in self._files]
+
+
+def _writer_alive(tmp_name: str) -> bool:
+    """Whether the process that is writing ``<name>.<pid>.json.tmp`` still runs."""
+    parts = tmp_name.split(".")
+    try:
+        pid = int(parts[-3])
+    except (IndexError, ValueError):
+        return False  # no pid in the name: left by an older writer
+    if pid == os.getpid():
+        return False  # ours, from before a fork or a crash of this very process: stale
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def read_batch(path: Path) -> dict[str, Any]:

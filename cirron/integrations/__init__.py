@@ -85,6 +85,16 @@ def _adapter(fw: Framework) -> ModuleType:
     return importlib.import_module(fw.adapter)
 
 
+def _try_adapter(cirron: Any, fw: Framework) -> ModuleType | None:
+    """The adapter module, or None when it cannot be imported (counted as our own fault:
+    the framework is imported, so its adapter should load)."""
+    try:
+        return _adapter(fw)
+    except ImportError as exc:
+        cirron._rec.internal_error(f"importing {fw.adapter}", exc)
+        return None
+
+
 def install_frameworks(cirron: Any, profiler: Any, requested: Sequence[str] | None) -> list[str]:
     """Install hooks for ``requested`` frameworks, or autodetect when None. Returns the names
     of the frameworks now hooked (or, for callback/wrapper frameworks, in use)."""
@@ -162,7 +172,7 @@ def watch_model(cirron: Any, model: Any) -> None:
     for name in ("keras", "torch"):
         fw = FRAMEWORKS[name]
         if any(m in sys.modules for m in fw.modules):
-            watch = getattr(_adapter(fw), "watch", None)
+            watch = getattr(_try_adapter(cirron, fw), "watch", None)
             if watch is not None and watch(cirron, model):
                 return
     raise CirronError(
@@ -182,7 +192,7 @@ def wrap(cirron: Any, obj: Any) -> Any:
         fw = FRAMEWORKS[name]
         if not any(m in sys.modules for m in fw.modules):
             continue  # the program has not imported it, so obj cannot be one of its types
-        wrapper = getattr(_adapter(fw), "wrap", None)
+        wrapper = getattr(_try_adapter(cirron, fw), "wrap", None)
         if wrapper is None:
             continue
         out = wrapper(cirron, obj)

@@ -94,9 +94,15 @@ class CirronCallback(keras.callbacks.Callback):  # type: ignore[misc]
     # Keras 3 runs batch-end hooks off the training thread only when every callback says so.
     async_safe = True
 
-    def __init__(self, cirron: Any = None, *, batch_marks: bool = True,
-                 log_every_n_batches: int = 1, snapshots: bool = True,
-                 data_load: bool = True) -> None:
+    def __init__(
+        self,
+        cirron: Any = None,
+        *,
+        batch_marks: bool = True,
+        log_every_n_batches: int = 1,
+        snapshots: bool = True,
+        data_load: bool = True,
+    ) -> None:
         super().__init__()
         if int(log_every_n_batches) < 1:
             raise ValueError(f"log_every_n_batches must be >= 1, got {log_every_n_batches!r}")
@@ -116,8 +122,10 @@ class CirronCallback(keras.callbacks.Callback):  # type: ignore[misc]
         self._epoch_ids: set[int] = set()
 
     def __repr__(self) -> str:
-        return (f"CirronCallback(batch_marks={self.batch_marks}, log_every_n_batches="
-                f"{self.log_every_n_batches}, snapshots={self.snapshots})")
+        return (
+            f"CirronCallback(batch_marks={self.batch_marks}, log_every_n_batches="
+            f"{self.log_every_n_batches}, snapshots={self.snapshots})"
+        )
 
     # -- session ------------------------------------------------------------------------------
     def _client(self) -> Any:
@@ -156,8 +164,15 @@ class CirronCallback(keras.callbacks.Callback):  # type: ignore[misc]
             rec = cirron._REC
         rec.internal_error(f"keras {where}", exc)
 
-    def _open(self, name: str, index: int | None, parent: Any, attrs: dict[str, Any] | None = None,
-              *, structural: bool = False) -> Any:
+    def _open(
+        self,
+        name: str,
+        index: int | None,
+        parent: Any,
+        attrs: dict[str, Any] | None = None,
+        *,
+        structural: bool = False,
+    ) -> Any:
         rec = self._rec
         rec.cur.set(parent)  # drop our own frames above the parent (batches closed elsewhere)
         return rec.open(name, index, attrs, structural=structural)
@@ -169,8 +184,7 @@ class CirronCallback(keras.callbacks.Callback):  # type: ignore[misc]
         hook does it for a previous run that did not end.
         """
         rec = self._rec
-        if rec is None or not (self._fit or self._owned or self._train or self._eval
-                               or self._pred):
+        if rec is None or not (self._fit or self._owned or self._train or self._eval or self._pred):
             return
         for loop in (self._pred, self._eval, self._train):
             if loop is None:
@@ -259,8 +273,9 @@ class CirronCallback(keras.callbacks.Callback):  # type: ignore[misc]
                     train.fence = (_AFTER_ALL, perf_counter_ns())  # late train ends stop here
                 index = parent.index if train is not None else None
                 scope = self._open("validation", index, parent)
-                self._eval = _Loop(scope, {"phase": "validation"}, self.batch_marks,
-                                   self.log_every_n_batches)
+                self._eval = _Loop(
+                    scope, {"phase": "validation"}, self.batch_marks, self.log_every_n_batches
+                )
                 return
             self.abandon()
             if not self._start_run():
@@ -268,8 +283,7 @@ class CirronCallback(keras.callbacks.Callback):  # type: ignore[misc]
             self._base = self._rec.current()
             self._own()
             scope = self._open("test", None, self._base)
-            self._eval = _Loop(scope, {"phase": "test"}, self.batch_marks,
-                               self.log_every_n_batches)
+            self._eval = _Loop(scope, {"phase": "test"}, self.batch_marks, self.log_every_n_batches)
         except Exception as exc:
             self._fault("on_test_begin", exc)
 
@@ -475,7 +489,7 @@ def _stamp_session(c: Any, p: Any) -> None:
     extra = {"keras_version": keras.__version__, "keras_backend": keras.backend.backend()}
     if not getattr(c.project, "framework", None):
         extra["framework"] = "keras"
-    session.attrs.update(extra)
+    p.update_session(**extra)
 
 
 def _data_facts() -> dict[str, Any]:

@@ -53,16 +53,25 @@ def _writer(cirron: Any, p: Any) -> SnapshotWriter:
     w = _WRITERS.get(p)
     if w is None:
         s = p.settings
-        w = SnapshotWriter(mode=getattr(s, "snapshots", "stats"),
-                           sample_rate=getattr(s, "sample_rate", 0.0), queue=cirron._rec.snapshots,
-                           new_id=cirron._rec.new_id, spool=p.spool, transport=p.transport)
+        w = SnapshotWriter(
+            mode=getattr(s, "snapshots", "stats"),
+            sample_rate=getattr(s, "sample_rate", 0.0),
+            queue=cirron._rec.snapshots,
+            new_id=cirron._rec.new_id,
+            spool=p.spool,
+            transport=p.transport,
+        )
         _WRITERS[p] = w
     return w
 
 
-def weight_stats(model: Any, *, named: Sequence[tuple[str, Any]] | None = None,
-                 arrays: dict[str, np.ndarray] | None = None,
-                 on_device: bool | None = None) -> list[RawStats]:
+def weight_stats(
+    model: Any,
+    *,
+    named: Sequence[tuple[str, Any]] | None = None,
+    arrays: dict[str, np.ndarray] | None = None,
+    on_device: bool | None = None,
+) -> list[RawStats]:
     """:class:`RawStats` for every numeric weight of ``model`` (``on_device`` forces a path)."""
     named = list(named if named is not None else _named(model.weights))
     named = [(n, w) for n, w in named if _numeric(w)]
@@ -144,8 +153,19 @@ def numpy_stats(name: str, arr: np.ndarray, attrs: dict[str, Any] | None = None)
     shape = tuple(int(d) for d in np.shape(arr))
     dtype = str(np.asarray(arr).dtype)
     if x.size == 0:
-        return RawStats(name, shape, dtype, numel, non_finite, 0.0, 0.0, None, None, [0] * BINS,
-                        attrs=dict(attrs or {}))
+        return RawStats(
+            name,
+            shape,
+            dtype,
+            numel,
+            non_finite,
+            0.0,
+            0.0,
+            None,
+            None,
+            [0] * BINS,
+            attrs=dict(attrs or {}),
+        )
     total = float(np.add.reduce(x, dtype=np.float64))
     mean = total / x.size
     d = x.astype(np.float64) - mean
@@ -153,8 +173,20 @@ def numpy_stats(name: str, arr: np.ndarray, attrs: dict[str, Any] | None = None)
     sumsq = var * x.size + total * mean  # = sum(x**2), without a second rounding-prone pass
     lo, hi = float(x.min()), float(x.max())
     counts, _ = np.histogram(x, bins=BINS, range=hist_range(lo, hi))
-    return RawStats(name, shape, dtype, numel, non_finite, total, sumsq, lo, hi,
-                    [int(c) for c in counts], var=var, attrs=dict(attrs or {}))
+    return RawStats(
+        name,
+        shape,
+        dtype,
+        numel,
+        non_finite,
+        total,
+        sumsq,
+        lo,
+        hi,
+        [int(c) for c in counts],
+        var=var,
+        attrs=dict(attrs or {}),
+    )
 
 
 # Column layout of the per-weight row computed on device.
@@ -174,11 +206,22 @@ def _device_stats(named: Sequence[tuple[str, Any]]) -> list[RawStats]:
         numel = int(np.prod(shape)) if shape else 1
         non_finite = int(np.rint(row[0]))
         ok = numel > non_finite
-        out.append(RawStats(
-            name, shape, keras.backend.standardize_dtype(w.dtype), numel, non_finite,
-            float(row[1]), float(row[2]), float(row[3]) if ok else None,
-            float(row[4]) if ok else None, [int(np.rint(c)) for c in row[_N_FIXED:]],
-            var=float(row[5]) if ok else None, attrs=_attrs(w)))
+        out.append(
+            RawStats(
+                name,
+                shape,
+                keras.backend.standardize_dtype(w.dtype),
+                numel,
+                non_finite,
+                float(row[1]),
+                float(row[2]),
+                float(row[3]) if ok else None,
+                float(row[4]) if ok else None,
+                [int(np.rint(c)) for c in row[_N_FIXED:]],
+                var=float(row[5]) if ok else None,
+                attrs=_attrs(w),
+            )
+        )
     return out
 
 

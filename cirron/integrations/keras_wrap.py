@@ -61,8 +61,9 @@ def wrap(cirron: Any, obj: Any) -> Any:
     return obj
 
 
-def _injecting(model: Any, original: Callable[..., Any], callback: CirronCallback, rec: Any
-               ) -> Callable[..., Any]:
+def _injecting(
+    model: Any, original: Callable[..., Any], callback: CirronCallback, rec: Any
+) -> Callable[..., Any]:
     from cirron.integrations.keras import claim, release
 
     params = list(inspect.signature(original).parameters)

@@ -60,9 +60,16 @@ def callback_class(namespaces: str | tuple[str, ...] | None = None) -> type:
         if bad:
             raise ValueError(f"unknown Lightning namespace {bad[0]!r}; use one of {NAMESPACES}")
         bases = tuple(importlib.import_module(ns).Callback for ns in key)
-        cls = type("CirronCallback", (CallbackHooks, *bases),
-                   {"__module__": __name__, "__qualname__": "CirronCallback",
-                    "__doc__": CirronCallback.__doc__, "_namespaces": key})
+        cls = type(
+            "CirronCallback",
+            (CallbackHooks, *bases),
+            {
+                "__module__": __name__,
+                "__qualname__": "CirronCallback",
+                "__doc__": CirronCallback.__doc__,
+                "_namespaces": key,
+            },
+        )
         _CLASSES[key] = cls
     return cls
 
@@ -70,8 +77,9 @@ def callback_class(namespaces: str | tuple[str, ...] | None = None) -> type:
 class _Factory(type):
     """``CirronCallback(...)`` builds the right concrete class; ``isinstance`` sees them all."""
 
-    def __call__(cls, *args: Any, namespace: str | tuple[str, ...] | None = None,
-                 **kwargs: Any) -> Any:
+    def __call__(
+        cls, *args: Any, namespace: str | tuple[str, ...] | None = None, **kwargs: Any
+    ) -> Any:
         return callback_class(namespace)(*args, **kwargs)
 
     def __instancecheck__(cls, obj: Any) -> bool:
@@ -103,9 +111,15 @@ class CirronCallback(metaclass=_Factory):
     >>> L.Trainer(max_epochs=3, callbacks=[CirronCallback()]).fit(model)  # doctest: +SKIP
     """
 
-    def __init__(self, cirron: Any = None, *, snapshots: str | bool | None = None,
-                 batch_marks: bool = True, log_every_n_batches: int = 1,
-                 epoch_marks: bool = True) -> None:  # pragma: no cover - see _Factory
+    def __init__(
+        self,
+        cirron: Any = None,
+        *,
+        snapshots: str | bool | None = None,
+        batch_marks: bool = True,
+        log_every_n_batches: int = 1,
+        epoch_marks: bool = True,
+    ) -> None:  # pragma: no cover - see _Factory
         raise AssertionError("unreachable: _Factory.__call__ builds the concrete class")
 
 

@@ -37,17 +37,28 @@ class CallbackHooks:
 
     _namespaces: tuple[str, ...] = ()
 
-    def __init__(self, cirron: Any = None, *, snapshots: str | bool | None = None,
-                 batch_marks: bool = True, log_every_n_batches: int = 1,
-                 epoch_marks: bool = True) -> None:
+    def __init__(
+        self,
+        cirron: Any = None,
+        *,
+        snapshots: str | bool | None = None,
+        batch_marks: bool = True,
+        log_every_n_batches: int = 1,
+        epoch_marks: bool = True,
+    ) -> None:
         if snapshots is not None and snapshots is not False and snapshots not in _SNAPSHOT_MODES:
-            raise ValueError(f"CirronCallback(snapshots={snapshots!r}): use None, False or one "
-                             f"of {', '.join(map(repr, _SNAPSHOT_MODES))}")
+            raise ValueError(
+                f"CirronCallback(snapshots={snapshots!r}): use None, False or one "
+                f"of {', '.join(map(repr, _SNAPSHOT_MODES))}"
+            )
         if int(log_every_n_batches) < 1:
             raise ValueError("CirronCallback(log_every_n_batches=...) must be at least 1")
-        self._options = {"snapshots": snapshots, "batch_marks": batch_marks,
-                         "log_every_n_batches": int(log_every_n_batches),
-                         "epoch_marks": epoch_marks}
+        self._options = {
+            "snapshots": snapshots,
+            "batch_marks": batch_marks,
+            "log_every_n_batches": int(log_every_n_batches),
+            "epoch_marks": epoch_marks,
+        }
         self._target = cirron
         self._snapshots = snapshots
         self._batch_marks = bool(batch_marks)
@@ -151,13 +162,11 @@ class CallbackHooks:
         session = getattr(p, "session", None)
         if session is None:
             return
-        session.attrs.setdefault("framework_adapter", "lightning")
+        if "framework_adapter" not in session.attrs:
+            p.update_session(framework_adapter="lightning")
         if world > 1:
-            rank = int(trainer.global_rank)
-            session.attrs.update(rank=rank, local_rank=int(trainer.local_rank), world_size=world,
-                                 node_rank=int(getattr(trainer, "node_rank", 0)))
-            if getattr(p, "sealer", None) is not None:
-                p.sealer.rank = rank
+            p.set_rank(int(trainer.global_rank), int(trainer.local_rank), world)
+            p.update_session(node_rank=int(getattr(trainer, "node_rank", 0)))
 
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
         if self._rec is not None:
@@ -237,8 +246,9 @@ class CallbackHooks:
         except Exception as exc:
             self._fault("on_train_epoch_start", exc)
 
-    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any,
-                             batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int
+    ) -> None:
         # Hot path: one scope, one retroactive span, a few attribute stores.
         rec = self._rec
         if rec is None:
@@ -298,8 +308,9 @@ class CallbackHooks:
             self._rec.span("optimizer_step", o, perf_counter_ns(), parent=b)
             self._opt = 0
 
-    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         # Hot path: close pending children, maybe one deferred loss mark, close the batch.
         b = self._batch
         if b is None:
@@ -350,8 +361,9 @@ class CallbackHooks:
             return
         try:
             mark_learning_rates(rec, trainer)
-            mark_throughput(rec, self._nb, self._bs, self._last_batch,
-                            self._train_end - self._epoch_t0)
+            mark_throughput(
+                rec, self._nb, self._bs, self._last_batch, self._train_end - self._epoch_t0
+            )
         except Exception as exc:
             self._fault("on_train_epoch_end", exc)
 
@@ -463,12 +475,20 @@ class CallbackHooks:
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
         self._eval_end(trainer)
 
-    def on_validation_batch_start(self, trainer: Any, pl_module: Any, batch: Any,
-                                  batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_validation_batch_start(
+        self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
         self._eval_batch_start(batch_idx, dataloader_idx)
 
-    def on_validation_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any,
-                                batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_validation_batch_end(
+        self,
+        trainer: Any,
+        pl_module: Any,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         self._eval_batch_end()
 
     def on_test_start(self, trainer: Any, pl_module: Any) -> None:
@@ -477,12 +497,20 @@ class CallbackHooks:
     def on_test_end(self, trainer: Any, pl_module: Any) -> None:
         self._eval_end(trainer)
 
-    def on_test_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int,
-                            dataloader_idx: int = 0) -> None:
+    def on_test_batch_start(
+        self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
         self._eval_batch_start(batch_idx, dataloader_idx)
 
-    def on_test_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any,
-                          batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_test_batch_end(
+        self,
+        trainer: Any,
+        pl_module: Any,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         self._eval_batch_end()
 
     def on_predict_start(self, trainer: Any, pl_module: Any) -> None:
@@ -491,10 +519,18 @@ class CallbackHooks:
     def on_predict_end(self, trainer: Any, pl_module: Any) -> None:
         self._eval_end(trainer)
 
-    def on_predict_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int,
-                               dataloader_idx: int = 0) -> None:
+    def on_predict_batch_start(
+        self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
         self._eval_batch_start(batch_idx, dataloader_idx)
 
-    def on_predict_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any,
-                             batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_predict_batch_end(
+        self,
+        trainer: Any,
+        pl_module: Any,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         self._eval_batch_end()

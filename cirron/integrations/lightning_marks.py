@@ -73,8 +73,9 @@ def mark_learning_rates(rec: Any, trainer: Any) -> None:
         rec.mark(name, group["lr"], kind="summary", optimizer=i, param_group=j)
 
 
-def mark_throughput(rec: Any, batches: int, first_size: int | None, last_batch: Any,
-                    duration_ns: int) -> None:
+def mark_throughput(
+    rec: Any, batches: int, first_size: int | None, last_batch: Any, duration_ns: int
+) -> None:
     """``batches``, ``batch_size``, ``samples`` and ``samples_per_s`` of one training epoch.
 
     Samples are ``(batches - 1) * first batch size + last batch size``: exact for a DataLoader

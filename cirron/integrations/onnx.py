@@ -152,9 +152,13 @@ class CirronSession:
         first = shapes[0] if shapes else None
         # ``__onnx`` is raw (never written as is): the seal-time resolver turns it into the
         # ``inputs`` / ``shapes`` / ``dtypes`` attributes, cached per input signature.
-        s.attrs = {"batch_size": first[0] if first else None, "provider": self._provider,
-                   "model": self._model, "raised": False,
-                   "__onnx": (tuple(input_feed), shapes, dtypes)}
+        s.attrs = {
+            "batch_size": first[0] if first else None,
+            "provider": self._provider,
+            "model": self._model,
+            "raised": False,
+            "__onnx": (tuple(input_feed), shapes, dtypes),
+        }
         s.__enter__()
         try:
             t0 = perf_counter_ns()
@@ -167,13 +171,15 @@ class CirronSession:
         self.stats.add(t1 - t0)
         return out
 
-    def run_with_ort_values(self, output_names: Any, input_dict_ort_values: Any,
-                            run_options: Any = None) -> Any:
+    def run_with_ort_values(
+        self, output_names: Any, input_dict_ort_values: Any, run_options: Any = None
+    ) -> Any:
         """``InferenceSession.run_with_ort_values`` inside an ``inference`` span."""
         rec = self._recorder()
         if rec is None:
-            return self.session.run_with_ort_values(output_names, input_dict_ort_values,
-                                                    run_options)
+            return self.session.run_with_ort_values(
+                output_names, input_dict_ort_values, run_options
+            )
         names = tuple(input_dict_ort_values)
         try:
             values = input_dict_ort_values.values()
@@ -181,8 +187,16 @@ class CirronSession:
             dtypes = [v.data_type() for v in values]
         except Exception:
             shapes, dtypes = [], []
-        return self._timed(rec, self.session.run_with_ort_values, output_names,
-                           input_dict_ort_values, run_options, names, shapes, dtypes)
+        return self._timed(
+            rec,
+            self.session.run_with_ort_values,
+            output_names,
+            input_dict_ort_values,
+            run_options,
+            names,
+            shapes,
+            dtypes,
+        )
 
     def set_providers(self, *args: Any, **kwargs: Any) -> Any:
         """``InferenceSession.set_providers``; later spans name the new provider."""
@@ -190,13 +204,26 @@ class CirronSession:
         self._provider = _provider(self.session)
         return out
 
-    def _timed(self, rec: Any, fn: Callable[..., Any], output_names: Any, feed: Any,
-               run_options: Any, names: tuple[str, ...], shapes: list[Any],
-               dtypes: list[Any]) -> Any:
+    def _timed(
+        self,
+        rec: Any,
+        fn: Callable[..., Any],
+        output_names: Any,
+        feed: Any,
+        run_options: Any,
+        names: tuple[str, ...],
+        shapes: list[Any],
+        dtypes: list[Any],
+    ) -> Any:
         s = rec.Scope("inference")
         first = shapes[0] if shapes else None
-        s.attrs = {"batch_size": first[0] if first else None, "provider": self._provider,
-                   "model": self._model, "raised": False, "__onnx": (names, shapes, dtypes)}
+        s.attrs = {
+            "batch_size": first[0] if first else None,
+            "provider": self._provider,
+            "model": self._model,
+            "raised": False,
+            "__onnx": (names, shapes, dtypes),
+        }
         s.__enter__()
         try:
             t0 = perf_counter_ns()
@@ -278,10 +305,14 @@ def describe_inputs(raw_attrs: dict[str, Any], span: dict[str, Any]) -> None:
         key = (names, tuple(shapes), tuple(dtypes))
         desc = _DESCRIPTIONS.get(key)
         if desc is None:
-            desc = {"inputs": [str(n) for n in names],
-                    "shapes": [[int(x) if x is not None else None for x in sh]
-                               if sh is not None else None for sh in shapes],
-                    "dtypes": [str(d) for d in dtypes]}
+            desc = {
+                "inputs": [str(n) for n in names],
+                "shapes": [
+                    [int(x) if x is not None else None for x in sh] if sh is not None else None
+                    for sh in shapes
+                ],
+                "dtypes": [str(d) for d in dtypes],
+            }
             if len(_DESCRIPTIONS) < _MAX_DESCRIPTIONS:
                 _DESCRIPTIONS[key] = desc
     except Exception:  # never let a description break the batch it belongs to
@@ -333,6 +364,7 @@ def on_flush(profiler: Any, hook: Callable[[Any], None], rec: Any) -> None:
     Uses the core's ``profiler.flush_hooks`` when it has them; until then, a reversible
     per-instance shim around ``flusher.flush`` and ``profiler.finish`` (removed at shutdown).
     """
+
     def run() -> None:
         try:
             contextvars.Context().run(hook, rec)

@@ -91,8 +91,10 @@ def _without_y(method: str) -> Any:
 def _method(call: Any, method: str) -> Any:
     call.__name__ = method
     call.__qualname__ = f"CirronEstimator.{method}"
-    call.__doc__ = (f"The wrapped estimator's ``{method}``, recorded as a ``{method}`` span. "
-                    "Present exactly when the wrapped estimator has it.")
+    call.__doc__ = (
+        f"The wrapped estimator's ``{method}``, recorded as a ``{method}`` span. "
+        "Present exactly when the wrapped estimator has it."
+    )
     return available_if(_inner_has(method))(call)
 
 
@@ -141,9 +143,13 @@ class CirronEstimator(MetaEstimatorMixin, BaseEstimator):  # type: ignore[misc]
 
     def __sklearn_tags__(self) -> Any:
         try:
-            return deepcopy(get_tags(self.estimator))
+            tags = deepcopy(get_tags(self.estimator))
         except Exception:  # not an estimator: fit will say so
             return super().__sklearn_tags__()
+        # The wrapper reads shapes from its inputs to describe each call; it is verified with
+        # numpy, pandas and sparse inputs, not with array-API namespaces (cupy, torch, ...).
+        tags.array_api_support = False
+        return tags
 
     def __sklearn_is_fitted__(self) -> bool:
         try:
@@ -182,9 +188,19 @@ class CirronEstimator(MetaEstimatorMixin, BaseEstimator):  # type: ignore[misc]
         from sklearn.utils.metadata_routing import MetadataRouter, MethodMapping
 
         mapping = MethodMapping()
-        for m in ("fit", "partial_fit", "predict", "predict_proba", "predict_log_proba",
-                  "decision_function", "score", "transform", "fit_transform", "fit_predict",
-                  "inverse_transform"):
+        for m in (
+            "fit",
+            "partial_fit",
+            "predict",
+            "predict_proba",
+            "predict_log_proba",
+            "decision_function",
+            "score",
+            "transform",
+            "fit_transform",
+            "fit_predict",
+            "inverse_transform",
+        ):
             mapping.add(caller=m, callee=m)
         return MetadataRouter(owner=self).add(estimator=self.estimator, method_mapping=mapping)
 
@@ -195,7 +211,8 @@ class CirronEstimator(MetaEstimatorMixin, BaseEstimator):  # type: ignore[misc]
             raise TypeError(
                 "CirronEstimator(estimator=...) needs a scikit-learn estimator (an object "
                 f"with a fit method); got {type(self.estimator).__module__}."
-                f"{type(self.estimator).__qualname__}.")
+                f"{type(self.estimator).__qualname__}."
+            )
         self._call("fit", (X, y), params)
         return self
 
@@ -236,8 +253,9 @@ class CirronEstimator(MetaEstimatorMixin, BaseEstimator):  # type: ignore[misc]
     def _labels(self) -> dict[str, Any]:
         return {}
 
-    def _delegate_labelled(self, inner: CirronEstimator, method: str, args: tuple[Any, ...],
-                           params: dict[str, Any]) -> Any:
+    def _delegate_labelled(
+        self, inner: CirronEstimator, method: str, args: tuple[Any, ...], params: dict[str, Any]
+    ) -> Any:
         labels = self._labels() or _PENDING.get()
         token = _PENDING.set(labels or None)
         try:
@@ -245,8 +263,9 @@ class CirronEstimator(MetaEstimatorMixin, BaseEstimator):  # type: ignore[misc]
         finally:
             _PENDING.reset(token)
 
-    def _record(self, inner: Any, method: str, args: tuple[Any, ...],
-                params: dict[str, Any]) -> Any:
+    def _record(
+        self, inner: Any, method: str, args: tuple[Any, ...], params: dict[str, Any]
+    ) -> Any:
         rec = _recorder(self.__dict__.get("_cirron"))
         pending = _PENDING.get()
         token = _PENDING.set(None) if pending is not None else None
@@ -261,8 +280,9 @@ class CirronEstimator(MetaEstimatorMixin, BaseEstimator):  # type: ignore[misc]
             if token is not None:
                 _PENDING.reset(token)
 
-    def _span_attrs(self, rec: Any, inner: Any, X: Any,
-                    pending: dict[str, Any] | None) -> dict[str, Any]:
+    def _span_attrs(
+        self, rec: Any, inner: Any, X: Any, pending: dict[str, Any] | None
+    ) -> dict[str, Any]:
         try:
             attrs: dict[str, Any] = {"estimator": type(inner).__name__}
             attrs.update(_data_shape(X))
@@ -322,8 +342,9 @@ class _Probe(CirronEstimator):
 # -- how a call reaches the wrapped estimator -----------------------------------------------------
 
 
-def _invoke(owner: CirronEstimator, inner: Any, method: str, args: tuple[Any, ...],
-            params: dict[str, Any]) -> Any:
+def _invoke(
+    owner: CirronEstimator, inner: Any, method: str, args: tuple[Any, ...], params: dict[str, Any]
+) -> Any:
     """Call ``inner.method``; pipelines and sequential searches get probes on their parts."""
     try:
         plan = _plan(inner, method)
@@ -361,8 +382,11 @@ def _is_sequential_search(inner: Any) -> bool:
     from joblib import effective_n_jobs
     from sklearn.model_selection._search import BaseSearchCV
 
-    return (isinstance(inner, BaseSearchCV) and effective_n_jobs(inner.n_jobs) == 1
-            and not isinstance(inner.estimator, _Probe))
+    return (
+        isinstance(inner, BaseSearchCV)
+        and effective_n_jobs(inner.n_jobs) == 1
+        and not isinstance(inner.estimator, _Probe)
+    )
 
 
 def _probe(est: Any, binding: Any, **labels: Any) -> Any:

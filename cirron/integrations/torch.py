@@ -54,9 +54,12 @@ def install(cirron: Any, profiler: Any) -> Callable[[], None] | None:
     if getattr(profiler, "_torch_hooks", None) is not None:
         return None
     if _ACTIVE is not None and _ACTIVE.p is not profiler and not _ACTIVE.p._finished:
-        warnings.warn("cirron: torch hooks are already installed by another Cirron instance; "
-                      "this one records snapshots of its watched models only.",
-                      CirronWarning, stacklevel=3)
+        warnings.warn(
+            "cirron: torch hooks are already installed by another Cirron instance; "
+            "this one records snapshots of its watched models only.",
+            CirronWarning,
+            stacklevel=3,
+        )
         return _install_snapshots_only(cirron, profiler)
     h = Hooks(cirron, profiler, timing=True)
     profiler._torch_hooks = h

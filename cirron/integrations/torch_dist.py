@@ -29,19 +29,18 @@ def adopt_process_group(profiler: Any) -> None:
         return
     rank = dist.get_rank()
     world = dist.get_world_size()
-    attrs: dict[str, Any] = {"rank": rank, "world_size": world,
-                             "local_rank": _local_rank(rank),
-                             "distributed_backend": str(dist.get_backend())}
-    if profiler.sealer is not None:
-        profiler.sealer.rank = rank
+    attrs: dict[str, Any] = {
+        "rank": rank,
+        "world_size": world,
+        "local_rank": _local_rank(rank),
+        "distributed_backend": str(dist.get_backend()),
+    }
+    profiler.set_rank(rank, attrs["local_rank"], world)
     run_id = _shared_run_id(rank, profiler)
     if run_id:
         attrs["run_id"] = run_id
         os.environ["CIRRON_JOB_RUN_ID"] = run_id
-    session = profiler.session
-    if session is not None and session.open:
-        session.attrs.update(attrs)
-    profiler.session_attrs.update(attrs)
+    profiler.update_session(**attrs)
 
 
 def _local_rank(rank: int) -> int:

@@ -67,11 +67,16 @@ class Hooks:
         self.sample_amp = True
         self.cuda = CudaTiming.maybe() if timing else None
         settings = profiler.settings
-        self.watched = Watched(SnapshotWriter(
-            mode=getattr(settings, "snapshots", "stats") or "stats",
-            sample_rate=float(getattr(settings, "sample_rate", 0.01) or 0.0),
-            queue=rec.snapshots, new_id=rec.new_id, spool=profiler.spool,
-            transport=profiler.transport))
+        self.watched = Watched(
+            SnapshotWriter(
+                mode=getattr(settings, "snapshots", "stats") or "stats",
+                sample_rate=float(getattr(settings, "sample_rate", 0.01) or 0.0),
+                queue=rec.snapshots,
+                new_id=rec.new_id,
+                spool=profiler.spool,
+                transport=profiler.transport,
+            )
+        )
         self.global_fwd: list[Any] = []
         self.model_fwd: list[Any] = []
         self.undo: list[Callable[[], None]] = []
@@ -134,6 +139,7 @@ class Hooks:
                 if g is not None and cuda is not None:
                     attrs = {"__gpu": cuda.stop(g)}
                 self.rec.span("backward", t0, t1, attrs=attrs)
+
         backward.__wrapped__ = orig  # type: ignore[attr-defined]
         return backward
 
@@ -182,7 +188,7 @@ class Hooks:
                 p = self._begin(it, p)
             mode = p.mode
             t0 = perf_counter_ns()
-            if mode == _TRAIN or mode == _EVAL:
+            if mode in (_TRAIN, _EVAL):
                 b = p.batch
                 if b is not None:
                     p.batch = None
@@ -201,7 +207,8 @@ class Hooks:
         try:
             t1 = perf_counter_ns()
             if mode == _OWNED:
-                self.rec.span("data_load", t0, t1)
+                if not self.owners["data_load"]:  # else the owner (a callback) times fetches
+                    self.rec.span("data_load", t0, t1)
                 return item
             s = self.Scope("batch", p.n, **p.battrs)
             s.__enter__()
@@ -314,14 +321,10 @@ class Hooks:
     def _describe(self, model: torch.nn.Module) -> None:
         p = next(model.parameters(), None)
         if p is not None:
-            self._session_attrs(device=str(p.device),
-                                dtype=str(p.dtype).removeprefix("torch."))
+            self._session_attrs(device=str(p.device), dtype=str(p.dtype).removeprefix("torch."))
 
     def _session_attrs(self, **attrs: Any) -> None:
-        s = self.p.session
-        if s is not None and s.open:
-            s.attrs.update(attrs)
-        self.p.session_attrs.update(attrs)
+        self.p.update_session(**attrs)
 
     def remove(self) -> None:
         self.live = False
@@ -346,5 +349,3 @@ def _iterator_died(slot: list[Any]) -> None:
         return  # another thread (cyclic GC): the next pass or exit closes it
     if p.batch is not None or p.outer is not None:
         hooks.finish_pass(p, perf_counter_ns(), early=True)
-
-

@@ -25,6 +25,7 @@ from cirron.core.snapshots import BINS, RawStats, hist_range
 __all__ = ["tensor_stats"]
 
 CHUNK = 1 << 24  # elements per concatenated chunk in the segment strategy
+HIST_EXACT_MAX = 1 << 18  # larger tensors get a stride-sampled histogram (see _histogram)
 _FLOATS = (torch.float32, torch.float64)
 
 
@@ -56,8 +57,18 @@ def _flat(t: torch.Tensor) -> torch.Tensor:
 
 
 def _empty(name: str, t: torch.Tensor, non_finite: int = 0) -> RawStats:
-    return RawStats(name, tuple(t.shape), _dtype_name(t), t.numel(), non_finite, 0.0, 0.0,
-                    None, None, [0] * BINS)
+    return RawStats(
+        name,
+        tuple(t.shape),
+        _dtype_name(t),
+        t.numel(),
+        non_finite,
+        0.0,
+        0.0,
+        None,
+        None,
+        [0] * BINS,
+    )
 
 
 # -- CPU: a few vectorised passes per tensor ------------------------------------------------------
@@ -77,10 +88,37 @@ def _one(name: str, t: torch.Tensor) -> RawStats:
     if not all(map(math.isfinite, (total, sumsq, lo, hi))):
         return _one_masked(name, t, x)
     var = _var(x, n, total, sumsq)
-    a, b = hist_range(lo, hi)
-    counts = torch.histc(x, BINS, a, b).to(torch.int64).tolist()
-    return RawStats(name, tuple(t.shape), _dtype_name(t), n, 0, total, sumsq, lo, hi, counts,
-                    var=var)
+    counts, attrs = _histogram(x, n, *hist_range(lo, hi))
+    return RawStats(
+        name,
+        tuple(t.shape),
+        _dtype_name(t),
+        n,
+        0,
+        total,
+        sumsq,
+        lo,
+        hi,
+        counts,
+        var=var,
+        attrs=attrs,
+    )
+
+
+def _histogram(x: torch.Tensor, n: int, a: float, b: float) -> tuple[list[int], dict[str, Any]]:
+    """16 bucket counts over ``[a, b]``. Above :data:`HIST_EXACT_MAX` elements the counts are
+    taken over a uniform stride sample and scaled to ``n`` (``attrs.histogram_stride`` says so):
+    the histogram is the slowest statistic on a CPU, and its shape needs no exact count. The
+    moments, min and max are always exact."""
+    if n <= HIST_EXACT_MAX:
+        return torch.histc(x, BINS, a, b).to(torch.int64).tolist(), {}
+    stride = -(-n // HIST_EXACT_MAX)
+    sample = x[::stride]
+    raw = torch.histc(sample, BINS, a, b).tolist()
+    scale = n / sample.numel()
+    counts = [round(c * scale) for c in raw]
+    counts[max(range(BINS), key=counts.__getitem__)] += n - sum(counts)  # keep sum == n
+    return counts, {"histogram_stride": stride}
 
 
 def _var(x: torch.Tensor, n: int, total: float, sumsq: float) -> float | None:
@@ -104,8 +142,9 @@ def _one_masked(name: str, t: torch.Tensor, x: torch.Tensor) -> RawStats:
     a, b = hist_range(lo, hi)
     counts = torch.histc(xf, BINS, a, b).to(torch.int64).tolist()
     var = float(torch.var(xf, correction=0))
-    return RawStats(name, tuple(t.shape), _dtype_name(t), n, n - k, total, sumsq, lo, hi,
-                    counts, var=var)
+    return RawStats(
+        name, tuple(t.shape), _dtype_name(t), n, n - k, total, sumsq, lo, hi, counts, var=var
+    )
 
 
 # -- accelerators: segment reductions, one host copy ---------------------------------------------
@@ -135,14 +174,26 @@ def _segmented(group: Sequence[tuple[str, torch.Tensor]]) -> list[RawStats]:
     out: list[RawStats] = []
     width = 5 + BINS
     for i, (name, t) in enumerate(group):
-        row = host[i * width:(i + 1) * width]
+        row = host[i * width : (i + 1) * width]
         total, sumsq, nonfin, mn, mx = row[:5]
         k = t.numel() - int(nonfin)
         if k <= 0:
             out.append(_empty(name, t, non_finite=int(nonfin)))
             continue
-        out.append(RawStats(name, tuple(t.shape), _dtype_name(t), t.numel(), int(nonfin),
-                            total, sumsq, mn, mx, [int(c) for c in row[5:]]))
+        out.append(
+            RawStats(
+                name,
+                tuple(t.shape),
+                _dtype_name(t),
+                t.numel(),
+                int(nonfin),
+                total,
+                sumsq,
+                mn,
+                mx,
+                [int(c) for c in row[5:]],
+            )
+        )
     return out
 
 
@@ -162,9 +213,11 @@ def _segment_chunk(ts: Sequence[torch.Tensor]) -> torch.Tensor:
     nonfin = torch.zeros(g, dtype=f64, device=dev).index_add_(0, seg, (~fin).to(f64))
     inf = math.inf
     mn = torch.full((g,), inf, dtype=f64, device=dev).scatter_reduce(
-        0, seg, torch.where(fin, z, inf), "amin")
+        0, seg, torch.where(fin, z, inf), "amin"
+    )
     mx = torch.full((g,), -inf, dtype=f64, device=dev).scatter_reduce(
-        0, seg, torch.where(fin, z, -inf), "amax")
+        0, seg, torch.where(fin, z, -inf), "amax"
+    )
     some = torch.isfinite(mn)
     same = mn == mx
     lo = torch.where(some, torch.where(same, mn - 0.5, mn), 0.0)
@@ -173,6 +226,7 @@ def _segment_chunk(ts: Sequence[torch.Tensor]) -> torch.Tensor:
     bucket = ((z - lo[seg]) * scale[seg]).floor_().clamp_(0, BINS - 1).long()
     idx = torch.where(fin, seg * BINS + bucket, g * BINS)
     counts = torch.bincount(idx, minlength=g * BINS + 1)[: g * BINS].view(g, BINS).to(f64)
-    cols = torch.stack([total, sumsq, nonfin, torch.where(some, mn, 0.0),
-                        torch.where(some, mx, 0.0)], dim=1)
+    cols = torch.stack(
+        [total, sumsq, nonfin, torch.where(some, mn, 0.0), torch.where(some, mx, 0.0)], dim=1
+    )
     return torch.cat([cols, counts], dim=1).reshape(-1)
