@@ -8,7 +8,12 @@ published schema (``cirron/schema/spool-batch-v1.schema.json``).
 
 from __future__ import annotations
 
+import importlib.util
 import os
+
+# scikit-learn's estimator checks include an array-API check on numpy that only runs when scipy
+# was imported with this set; without it the check skips. Set before anything imports scipy.
+os.environ.setdefault("SCIPY_ARRAY_API", "1")
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +22,25 @@ import pytest
 from tests.helpers.schema import spool_files, validate_files
 
 _KEEP = {"CIRRON_TEST_KEEP"}
+
+# Test modules that import a framework at module level. Where the framework is absent (tox's
+# `core` environment) they are not collected; where every framework is required (CI), a
+# missing one stops the run at once.
+_NEEDS = {
+    "test_torch.py": ("torch",),
+    "test_snapshots.py": ("torch",),
+    "test_onnx.py": ("onnxruntime", "onnx"),
+    "test_wrap.py": ("onnxruntime", "sklearn"),
+    "test_sklearn.py": ("sklearn",),
+    "test_sklearn_checks.py": ("sklearn",),
+}
+_missing = {m for mods in _NEEDS.values() for m in mods if importlib.util.find_spec(m) is None}
+if _missing and os.environ.get("CIRRON_REQUIRE_ALL_FRAMEWORKS") == "1":
+    raise pytest.UsageError(
+        f"CIRRON_REQUIRE_ALL_FRAMEWORKS=1 but {sorted(_missing)} are not installed; run "
+        "scripts/test, which installs every extra."
+    )
+collect_ignore = [f for f, mods in _NEEDS.items() if _missing.intersection(mods)]
 
 
 @pytest.fixture(autouse=True)

@@ -37,9 +37,11 @@ def import_keras(backend: str) -> Any:
 
         have = keras.backend.backend()
         if have != backend:
-            pytest.fail(f"Keras was already imported with the {have!r} backend in this process; "
-                        f"the {backend!r} tests need their own pytest process (see the module "
-                        "docstring: pytest -m keras_torch / -m 'not keras_torch').")
+            pytest.fail(
+                f"Keras was already imported with the {have!r} backend in this process; "
+                f"the {backend!r} tests need their own pytest process (see the module "
+                "docstring: pytest -m keras_torch / -m 'not keras_torch')."
+            )
         return keras
     os.environ["KERAS_BACKEND"] = backend
     import keras
@@ -65,13 +67,16 @@ class Spool:
             self.snapshots += b["snapshots"]
 
     def named(self, name: str) -> list[dict[str, Any]]:
-        return sorted((s for s in self.spans.values() if s["name"] == name),
-                      key=lambda s: s["start_ns"])
+        return sorted(
+            (s for s in self.spans.values() if s["name"] == name), key=lambda s: s["start_ns"]
+        )
 
     def children(self, span: dict[str, Any] | None) -> list[dict[str, Any]]:
         pid = span["id"] if span is not None else None
-        return sorted((s for s in self.spans.values() if s["parent_id"] == pid),
-                      key=lambda s: (s["start_ns"], s["name"]))
+        return sorted(
+            (s for s in self.spans.values() if s["parent_id"] == pid),
+            key=lambda s: (s["start_ns"], s["name"]),
+        )
 
     @property
     def session(self) -> dict[str, Any]:
@@ -85,29 +90,38 @@ class Spool:
         for c in self.children(span):
             if c["name"] in skip:
                 continue
-            key = (c["name"], c["index"]) + ((c["attrs"]["phase"],) if "phase" in c["attrs"]
-                                               else ())
+            key = (c["name"], c["index"]) + (
+                (c["attrs"]["phase"],) if "phase" in c["attrs"] else ()
+            )
             out.append((*key, self.tree(c, skip)))
         return out
 
     def marks_of(self, span: dict[str, Any], kind: str | None = None) -> dict[str, Any]:
-        return {m["name"]: m["value"] for m in self.marks
-                if m["span_id"] == span["id"] and (kind is None or m["kind"] == kind)}
+        return {
+            m["name"]: m["value"]
+            for m in self.marks
+            if m["span_id"] == span["id"] and (kind is None or m["kind"] == kind)
+        }
 
 
-def epoch_tree(n_batches: int, val_batches: int, epoch: int, data_load: bool = True
-               ) -> tuple[Any, ...]:
+def epoch_tree(
+    n_batches: int, val_batches: int, epoch: int, data_load: bool = True
+) -> tuple[Any, ...]:
     dl = [("data_load", None, [])] if data_load else []
     batches = [("batch", i, list(dl)) for i in range(n_batches)]
-    val = [("validation", epoch, [("batch", i, "validation", list(dl))
-                                  for i in range(val_batches)])] if val_batches else []
+    val = (
+        [("validation", epoch, [("batch", i, "validation", list(dl)) for i in range(val_batches)])]
+        if val_batches
+        else []
+    )
     return ("epoch", epoch, batches + val)
 
 
 def tiny_model(keras: Any, seed: int = 0) -> Any:
     keras.utils.set_random_seed(seed)
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu"),
-                              keras.layers.Dense(1)])
+    model = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(1)]
+    )
     model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse", metrics=["mae"])
     return model
 
@@ -144,8 +158,7 @@ def test_fit_records_epochs_batches_validation_and_data_load(keras: Any, cb_cls:
     ci.profile(frameworks=[])
     model = tiny_model(keras)
     x, y = data()
-    model.fit(x, y, batch_size=16, epochs=2, validation_split=0.25, verbose=0,
-              callbacks=[cb_cls()])
+    model.fit(x, y, batch_size=16, epochs=2, validation_split=0.25, verbose=0, callbacks=[cb_cls()])
     assert_clean()
     ci.shutdown()
     sp = Spool()
@@ -164,14 +177,22 @@ def test_logs_become_batch_point_marks_and_epoch_summaries(keras: Any, cb_cls: A
     ci.profile(frameworks=[])
     model = tiny_model(keras)
     x, y = data()
-    history = model.fit(x, y, batch_size=16, epochs=2, validation_split=0.25, verbose=0,
-                        callbacks=[cb_cls()])
+    history = model.fit(
+        x, y, batch_size=16, epochs=2, validation_split=0.25, verbose=0, callbacks=[cb_cls()]
+    )
     ci.shutdown()
     sp = Spool()
     for epoch in sp.named("epoch"):
         summary = sp.marks_of(epoch, "summary")
-        assert {"loss", "mae", "val_loss", "val_mae", "learning_rate", "batch_size",
-                "samples_per_second"} <= set(summary)
+        assert {
+            "loss",
+            "mae",
+            "val_loss",
+            "val_mae",
+            "learning_rate",
+            "batch_size",
+            "samples_per_second",
+        } <= set(summary)
         assert summary["val_loss"] == pytest.approx(history.history["val_loss"][epoch["index"]])
         assert summary["learning_rate"] == pytest.approx(0.01)
         assert summary["batch_size"] == 16
@@ -250,8 +271,7 @@ def test_device_path_stats_equal_the_numpy_path(keras: Any) -> None:
 
     model = tiny_model(keras)
     w = model.weights[0]
-    w.assign(np.where(np.arange(w.shape[0] * w.shape[1]).reshape(w.shape) == 3, np.nan,
-                      w.numpy()))
+    w.assign(np.where(np.arange(w.shape[0] * w.shape[1]).reshape(w.shape) == 3, np.nan, w.numpy()))
     host = weight_stats(model, on_device=False)
     dev = weight_stats(model, on_device=True)
     assert [s.name for s in host] == [s.name for s in dev]
@@ -259,13 +279,15 @@ def test_device_path_stats_equal_the_numpy_path(keras: Any) -> None:
     for a, b in zip(host, dev, strict=True):
         assert (a.numel, a.shape) == (b.numel, b.shape)
         assert (a.total, a.sumsq, a.min, a.max, a.var) == pytest.approx(
-            (b.total, b.sumsq, b.min, b.max, b.var), rel=1e-5, abs=1e-6)
+            (b.total, b.sumsq, b.min, b.max, b.var), rel=1e-5, abs=1e-6
+        )
         assert sum(a.counts) == sum(b.counts)
         assert np.abs(np.subtract(a.counts, b.counts)).sum() <= 2  # edge rounding at most
 
 
 def test_zero_config_starts_profiling_and_keeps_the_session_for_later_fits(
-        keras: Any, cb_cls: Any) -> None:
+    keras: Any, cb_cls: Any
+) -> None:
     assert not ci._get().profiling
     model = tiny_model(keras)
     x, y = data()
@@ -285,7 +307,8 @@ def test_zero_config_starts_profiling_and_keeps_the_session_for_later_fits(
 
 
 def test_explicit_instance_records_there_and_leaves_the_default_alone(
-        keras: Any, cb_cls: Any, tmp_path: Path) -> None:
+    keras: Any, cb_cls: Any, tmp_path: Path
+) -> None:
     c = ci.Cirron(output_dir=str(tmp_path / "other"))
     model = tiny_model(keras)
     x, y = data()
@@ -305,15 +328,23 @@ def test_resumed_fit_continues_epoch_indices(keras: Any, cb_cls: Any) -> None:
     ci.shutdown()
     sp = Spool()
     assert [(e["index"], [b["index"] for b in sp.children(e)]) for e in sp.named("epoch")] == [
-        (2, [0, 1]), (3, [0, 1])]
+        (2, [0, 1]),
+        (3, [0, 1]),
+    ]
 
 
 def test_options_turn_batch_marks_snapshots_and_data_load_off(keras: Any, cb_cls: Any) -> None:
     ci.profile(frameworks=[])
     model = tiny_model(keras)
     x, y = data()
-    model.fit(x, y, batch_size=8, epochs=1, verbose=0,
-              callbacks=[cb_cls(log_every_n_batches=3, snapshots=False, data_load=False)])
+    model.fit(
+        x,
+        y,
+        batch_size=8,
+        epochs=1,
+        verbose=0,
+        callbacks=[cb_cls(log_every_n_batches=3, snapshots=False, data_load=False)],
+    )
     model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[cb_cls(batch_marks=False)])
     ci.shutdown()
     sp = Spool()
@@ -327,7 +358,8 @@ def test_options_turn_batch_marks_snapshots_and_data_load_off(keras: Any, cb_cls
 
 
 def test_wrap_injects_the_callback_once_into_fit_evaluate_and_predict(
-        keras: Any, cb_cls: Any) -> None:
+    keras: Any, cb_cls: Any
+) -> None:
     ci.profile(frameworks=[])
     model = tiny_model(keras)
     assert ci.wrap(model) is model
@@ -382,7 +414,8 @@ def test_tf_keras_model_fit_is_recorded(keras: Any, cb_cls: Any) -> None:
     ci.shutdown()
     sp = Spool()
     assert sp.tree(skip=("data_load",)) == [
-        ("epoch", i, [("batch", 0, []), ("batch", 1, [])]) for i in range(2)]
+        ("epoch", i, [("batch", 0, []), ("batch", 1, [])]) for i in range(2)
+    ]
     assert len(sp.snapshots) == 2 * len(model.weights)
 
 
@@ -409,8 +442,11 @@ def test_batch_end_on_another_thread_closes_the_right_batch(keras: Any, cb_cls: 
     ci.shutdown()
     sp = Spool()
     assert sp.tree() == [
-        ("epoch", 0, [("batch", i, [("data_load", None, []), ("forward", None, [])])
-                      for i in range(3)]),
+        (
+            "epoch",
+            0,
+            [("batch", i, [("data_load", None, []), ("forward", None, [])]) for i in range(3)],
+        ),
         ("after", None, []),
     ]
     for b in sp.named("batch"):

@@ -48,13 +48,11 @@ def test_fit_tree_with_batch_ends_on_worker_threads(keras: Any, cb_cls: Any) -> 
     ci.profile(frameworks=[])
     model = tiny_model(keras)
     x, y = data()
-    model.fit(x, y, batch_size=8, epochs=2, validation_split=0.25, verbose=0,
-              callbacks=[cb_cls()])
+    model.fit(x, y, batch_size=8, epochs=2, validation_split=0.25, verbose=0, callbacks=[cb_cls()])
     assert_clean()
     ci.shutdown()
     sp = Spool()
-    assert sp.tree(skip=("data_load",)) == [
-        epoch_tree(6, 2, e, data_load=False) for e in range(2)]
+    assert sp.tree(skip=("data_load",)) == [epoch_tree(6, 2, e, data_load=False) for e in range(2)]
     main = threading.get_ident()
     batches = sp.named("batch")
     assert any(b["thread_id"] != main for b in batches), "Keras ran every batch end inline"
@@ -68,7 +66,8 @@ def test_fit_tree_with_batch_ends_on_worker_threads(keras: Any, cb_cls: Any) -> 
             assert [k["name"] for k in kids] in ([], ["data_load"])
         summary = sp.marks_of(epoch, "summary")
         assert {"loss", "val_loss", "learning_rate", "batch_size", "samples_per_second"} <= set(
-            summary)
+            summary
+        )
     assert len(sp.snapshots) == 2 * len(model.weights)
 
 
@@ -107,8 +106,14 @@ def test_torch_backend_never_imports_tensorflow(tmp_path: Path) -> None:
     """)
     env = {k: v for k, v in os.environ.items() if not k.startswith("CIRRON_")}
     env["PYTHONPATH"] = str(REPO)
-    out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=240)
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "TF_MODULES []" in out.stdout, out.stdout + out.stderr[-2000:]
     assert len(Spool(tmp_path / ".cirron").named("epoch")) == 2
@@ -126,7 +131,8 @@ def _fit_with_torch_hooks(keras: Any, fit: Any) -> Spool:
 
 def _assert_one_owner(sp: Spool, epochs: list[int]) -> None:
     assert [(e["index"], e["parent_id"]) for e in sp.named("epoch")] == [
-        (i, sp.session["id"]) for i in epochs]
+        (i, sp.session["id"]) for i in epochs
+    ]
     containers = sp.named("epoch") + sp.named("validation")
     ours = {c["id"] for p in containers for c in sp.children(p) if c["name"] == "batch"}
     assert {b["id"] for b in sp.named("batch")} == ours  # no batch opened by the torch hooks
@@ -151,21 +157,33 @@ def test_plain_callback_with_torch_hooks_on_a_built_model(keras: Any, cb_cls: An
     def fit(model: Any, x: Any, y: Any) -> None:
         model.fit(x, y, batch_size=32, epochs=1, verbose=0)  # builds; the hooks own this one
         with ci.scope("ours"):
-            model.fit(x, y, batch_size=16, epochs=2, validation_split=0.25, verbose=0,
-                      callbacks=[cb_cls()])
+            model.fit(
+                x,
+                y,
+                batch_size=16,
+                epochs=2,
+                validation_split=0.25,
+                verbose=0,
+                callbacks=[cb_cls()],
+            )
 
     sp = _fit_with_torch_hooks(keras, fit)
     (ours,) = sp.named("ours")
-    assert [(e["index"], e["parent_id"]) for e in sp.named("epoch")
-            if e["parent_id"] == ours["id"]] == [(0, ours["id"]), (1, ours["id"])]
+    assert [
+        (e["index"], e["parent_id"]) for e in sp.named("epoch") if e["parent_id"] == ours["id"]
+    ] == [(0, ours["id"]), (1, ours["id"])]
 
 
-@pytest.mark.xfail(strict=True, reason="Keras fetches one batch to build the model before any "
-                   "callback hook, and the torch hooks make that pass an epoch (ci.wrap avoids "
-                   "it by owning the levels from the fit call on)")
+@pytest.mark.xfail(
+    strict=True,
+    reason="Keras fetches one batch to build the model before any "
+    "callback hook, and the torch hooks make that pass an epoch (ci.wrap avoids "
+    "it by owning the levels from the fit call on)",
+)
 @pytest.mark.skipif(not HAVE_TORCH_ADAPTER, reason="cirron.integrations.torch is not installed")
 def test_plain_callback_first_fit_with_torch_hooks_has_no_build_epoch(
-        keras: Any, cb_cls: Any) -> None:
+    keras: Any, cb_cls: Any
+) -> None:
     def fit(model: Any, x: Any, y: Any) -> None:
         model.fit(x, y, batch_size=16, epochs=2, verbose=0, callbacks=[cb_cls()])
 

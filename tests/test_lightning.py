@@ -39,7 +39,9 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::Deprecat
 
 def _loader(n: int, batch_size: int = 4) -> Any:
     g = torch.Generator().manual_seed(n)
-    data = torch.utils.data.TensorDataset(torch.randn(n, 4, generator=g), torch.randn(n, 1, generator=g))
+    data = torch.utils.data.TensorDataset(
+        torch.randn(n, 4, generator=g), torch.randn(n, 1, generator=g)
+    )
     return torch.utils.data.DataLoader(data, batch_size=batch_size)
 
 
@@ -47,11 +49,21 @@ def _module_class(lib: Any) -> type:
     class Tiny(lib.LightningModule):
         """4 → 1 linear regression; records what the recorder saw from inside the step."""
 
-        def __init__(self, train_n: int = 12, val_n: int = 8, fail_at: int | None = None,
-                     const_val: bool = False) -> None:
+        def __init__(
+            self,
+            train_n: int = 12,
+            val_n: int = 8,
+            fail_at: int | None = None,
+            const_val: bool = False,
+        ) -> None:
             super().__init__()
             self.layer = torch.nn.Linear(4, 1)
-            self.train_n, self.val_n, self.fail_at, self.const_val = train_n, val_n, fail_at, const_val
+            self.train_n, self.val_n, self.fail_at, self.const_val = (
+                train_n,
+                val_n,
+                fail_at,
+                const_val,
+            )
             self.losses: list[float] = []
             self.owners: list[dict[str, int]] = []
 
@@ -102,9 +114,16 @@ MODELS = {ns: _module_class(lib) for ns, lib in NAMESPACES.items()}
 
 
 def _trainer(lib: Any = L, **kw: Any) -> Any:
-    opts: dict[str, Any] = dict(max_epochs=2, logger=False, enable_progress_bar=False,
-                                enable_model_summary=False, enable_checkpointing=False,
-                                num_sanity_val_steps=0, accelerator="cpu", devices=1)
+    opts: dict[str, Any] = dict(
+        max_epochs=2,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+        accelerator="cpu",
+        devices=1,
+    )
     opts.update(kw)
     return lib.Trainer(**opts)
 
@@ -120,8 +139,10 @@ class Tree:
         self.spans = self.data.spans
 
     def named(self, name: str) -> list[dict[str, Any]]:
-        return sorted((s for s in self.spans.values() if s["name"] == name),
-                      key=lambda s: (s["start_ns"], s["id"]))
+        return sorted(
+            (s for s in self.spans.values() if s["name"] == name),
+            key=lambda s: (s["start_ns"], s["id"]),
+        )
 
     def kids(self, span: dict[str, Any]) -> list[dict[str, Any]]:
         return [self.spans[i] for i in self.data.children.get(span["id"], [])]
@@ -180,13 +201,20 @@ def test_fit_records_epochs_batches_validation_and_children(ns: str) -> None:
         assert all(t.shape(b) == [("data_load", None)] for b in t.kids(val))
         assert set(t.marks(val, "summary")) == {"val_loss"}
         summary = t.marks(epoch, "summary")
-        assert {"train_loss_epoch", "train_loss_step", "val_loss", "lr", "batch_size",
-                "samples", "samples_per_s", "batches"} <= set(summary)
+        assert {
+            "train_loss_epoch",
+            "train_loss_step",
+            "val_loss",
+            "lr",
+            "batch_size",
+            "samples",
+            "samples_per_s",
+            "batches",
+        } <= set(summary)
         assert summary["lr"] == [0.05] and summary["batch_size"] == [4]
         assert summary["samples"] == [12] and summary["batches"] == [3]
         assert summary["samples_per_s"][0] > 0
-    losses = [v for b in t.named("batch") if "phase" not in b["attrs"]
-              for v in t.marks(b)["loss"]]
+    losses = [v for b in t.named("batch") if "phase" not in b["attrs"] for v in t.marks(b)["loss"]]
     assert losses == pytest.approx(model.losses, rel=1e-6)
     assert all(o["epoch"] == o["batch"] == o["step"] == 1 for o in model.owners)
     assert not any(ci._get()._rec.owners.values())
@@ -205,11 +233,18 @@ def test_one_callback_object_fits_either_trainer_when_both_are_imported() -> Non
 
 
 def test_importing_the_module_imports_no_lightning() -> None:
-    code = ("import sys; import cirron.integrations.lightning as m; "
-            "bad = [n for n in ('lightning', 'pytorch_lightning', 'torch') if n in sys.modules]; "
-            "print(bad)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd=Path(__file__).resolve().parents[1], check=True)
+    code = (
+        "import sys; import cirron.integrations.lightning as m; "
+        "bad = [n for n in ('lightning', 'pytorch_lightning', 'torch') if n in sys.modules]; "
+        "print(bad)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+        check=True,
+    )
     assert out.stdout.strip() == "[]", out.stderr
 
 
@@ -259,7 +294,8 @@ def test_explicit_instance_records_there_and_leaves_the_default_alone(tmp_path: 
     other = ci.Cirron(output_dir=str(tmp_path / "other"))
     try:
         _trainer(callbacks=[CirronCallback(cirron=other)], max_epochs=1).fit(
-            MODELS["lightning.pytorch"]())
+            MODELS["lightning.pytorch"]()
+        )
         assert other.profiling and not ci._get().profiling
     finally:
         other.shutdown()
@@ -282,29 +318,37 @@ def test_disabled_profiling_records_nothing_and_training_runs() -> None:
 
 def test_gradient_accumulation_steps_only_on_stepping_batches_and_unscales_the_loss() -> None:
     model = MODELS["lightning.pytorch"](train_n=16)
-    _trainer(callbacks=[CirronCallback()], max_epochs=1, accumulate_grad_batches=2,
-             limit_val_batches=0).fit(model)
+    _trainer(
+        callbacks=[CirronCallback()], max_epochs=1, accumulate_grad_batches=2, limit_val_batches=0
+    ).fit(model)
     t = _tree()
     (epoch,) = t.named("epoch")
     batches = t.kids(epoch)
     assert [b["index"] for b in batches] == [0, 1, 2, 3]
     assert [[k["name"] for k in t.kids(b)] for b in batches] == [
-        ["data_load", "forward", "backward"], TRAIN_CHILDREN,
-        ["data_load", "forward", "backward"], TRAIN_CHILDREN]
+        ["data_load", "forward", "backward"],
+        TRAIN_CHILDREN,
+        ["data_load", "forward", "backward"],
+        TRAIN_CHILDREN,
+    ]
     losses = [t.marks(b)["loss"][0] for b in batches]
     assert losses == pytest.approx(model.losses, rel=1e-6)
 
 
 def test_log_every_n_batches_and_batch_marks_off() -> None:
-    _trainer(callbacks=[CirronCallback(log_every_n_batches=2)], max_epochs=2,
-             limit_val_batches=0).fit(MODELS["lightning.pytorch"]())
+    _trainer(
+        callbacks=[CirronCallback(log_every_n_batches=2)], max_epochs=2, limit_val_batches=0
+    ).fit(MODELS["lightning.pytorch"]())
     t = _tree()
     marked = [bool(t.marks(b).get("loss")) for b in t.named("batch")]
     assert marked == [False, True, False, True, False, True]  # every 2nd batch, across epochs
     shutil.rmtree(Path.cwd() / ".cirron")
 
-    _trainer(callbacks=[CirronCallback(batch_marks=False, epoch_marks=False)], max_epochs=1,
-             limit_val_batches=0).fit(MODELS["lightning.pytorch"]())
+    _trainer(
+        callbacks=[CirronCallback(batch_marks=False, epoch_marks=False)],
+        max_epochs=1,
+        limit_val_batches=0,
+    ).fit(MODELS["lightning.pytorch"]())
     t = _tree()
     assert not any(t.marks(s) for s in t.spans.values() if s["name"] != "cirron.session")
 
@@ -331,24 +375,33 @@ def test_manual_optimisation_records_forward_backward_and_step() -> None:
 
 def test_resume_from_checkpoint_continues_epoch_indices(tmp_path: Path) -> None:
     ckpt = L.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
-    _trainer(callbacks=[CirronCallback(), ckpt], max_epochs=2, enable_checkpointing=True,
-             limit_val_batches=0).fit(MODELS["lightning.pytorch"]())
+    _trainer(
+        callbacks=[CirronCallback(), ckpt],
+        max_epochs=2,
+        enable_checkpointing=True,
+        limit_val_batches=0,
+    ).fit(MODELS["lightning.pytorch"]())
     ckpt2 = L.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt2")
-    _trainer(callbacks=[CirronCallback(), ckpt2], max_epochs=4, enable_checkpointing=True,
-             limit_val_batches=0).fit(MODELS["lightning.pytorch"](),
-                                      ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    _trainer(
+        callbacks=[CirronCallback(), ckpt2],
+        max_epochs=4,
+        enable_checkpointing=True,
+        limit_val_batches=0,
+    ).fit(MODELS["lightning.pytorch"](), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
     t = _tree()
     assert [e["index"] for e in t.kids(t.session())] == [0, 1, 2, 3]
     for epoch in t.kids(t.session()):
         assert [b["index"] for b in t.kids(epoch)] == [0, 1, 2]
         assert t.marks(epoch)["checkpoint"] == [3 * (epoch["index"] + 1)] * (
-            2 if epoch["index"] < 2 else 1)
+            2 if epoch["index"] < 2 else 1
+        )
 
 
 def test_exception_in_training_closes_spans_and_releases_the_levels() -> None:
     with pytest.raises(RuntimeError, match="boom"):
         _trainer(callbacks=[CirronCallback()], max_epochs=1).fit(
-            MODELS["lightning.pytorch"](fail_at=1))
+            MODELS["lightning.pytorch"](fail_at=1)
+        )
     assert not any(ci._get()._rec.owners.values())
     t = _tree()
     (epoch,) = t.named("epoch")
@@ -379,7 +432,8 @@ def test_validate_test_and_predict_runs_have_phase_batches() -> None:
 
 def test_sanity_check_is_a_marked_validation_run_before_the_first_epoch() -> None:
     _trainer(callbacks=[CirronCallback()], max_epochs=1, num_sanity_val_steps=1).fit(
-        MODELS["lightning.pytorch"]())
+        MODELS["lightning.pytorch"]()
+    )
     t = _tree()
     first, epoch = t.kids(t.session())
     assert first["name"] == "validation" and first["attrs"]["sanity_check"] is True
@@ -402,8 +456,14 @@ def test_coexists_with_checkpointing_early_stopping_lr_monitor_loggers_and_progr
     ]
     logger = L.loggers.CSVLogger(tmp_path / "logs")
     model = MODELS["lightning.pytorch"](const_val=True)
-    trainer = _trainer(callbacks=callbacks, max_epochs=5, logger=logger,
-                       enable_progress_bar=True, enable_checkpointing=True, log_every_n_steps=1)
+    trainer = _trainer(
+        callbacks=callbacks,
+        max_epochs=5,
+        logger=logger,
+        enable_progress_bar=True,
+        enable_checkpointing=True,
+        log_every_n_steps=1,
+    )
     trainer.fit(model)
     assert trainer.current_epoch == 2  # stopped by EarlyStopping after epoch 1
     metrics = (Path(logger.log_dir) / "metrics.csv").read_text()
@@ -424,8 +484,12 @@ def test_coexists_with_checkpointing_early_stopping_lr_monitor_loggers_and_progr
 def test_multiple_param_groups_each_get_a_learning_rate() -> None:
     class TwoGroups(MODELS["lightning.pytorch"]):  # type: ignore[misc,valid-type]
         def configure_optimizers(self) -> Any:
-            return torch.optim.SGD([{"params": [self.layer.weight], "lr": 0.1},
-                                    {"params": [self.layer.bias], "lr": 0.01}])
+            return torch.optim.SGD(
+                [
+                    {"params": [self.layer.weight], "lr": 0.1},
+                    {"params": [self.layer.bias], "lr": 0.01},
+                ]
+            )
 
     _trainer(callbacks=[CirronCallback()], max_epochs=1, limit_val_batches=0).fit(TwoGroups())
     t = _tree()
@@ -444,7 +508,9 @@ def test_wrap_adds_the_callback_through_configure_callbacks(ns: str) -> None:
     extra = lib.callbacks.Timer()
     model.__dict__["configure_callbacks"].inner = lambda: extra
     cbs = model.configure_callbacks()
-    assert cbs[0] is extra and isinstance(cbs[1], lib.Callback) and isinstance(cbs[1], CirronCallback)
+    assert (
+        cbs[0] is extra and isinstance(cbs[1], lib.Callback) and isinstance(cbs[1], CirronCallback)
+    )
     _trainer(lib, max_epochs=1).fit(model)
     t = _tree()
     assert t.shape(t.session()) == [("epoch", 0)]
@@ -453,11 +519,14 @@ def test_wrap_adds_the_callback_through_configure_callbacks(ns: str) -> None:
 
 @pytest.mark.parametrize("namespace", [None, "lightning.pytorch"])
 def test_only_one_callback_records_when_wrap_and_the_trainer_both_add_one(
-    namespace: str | None
+    namespace: str | None,
 ) -> None:
     model = ci.wrap(MODELS["lightning.pytorch"]())
-    _trainer(callbacks=[CirronCallback(namespace=namespace), CirronCallback()], max_epochs=1,
-             limit_val_batches=0).fit(model)
+    _trainer(
+        callbacks=[CirronCallback(namespace=namespace), CirronCallback()],
+        max_epochs=1,
+        limit_val_batches=0,
+    ).fit(model)
     t = _tree()
     assert t.shape(t.session()) == [("epoch", 0)]
     assert len(t.named("batch")) == 3
@@ -484,17 +553,18 @@ def test_wrapped_module_still_pickles() -> None:
 
 def test_weight_and_gradient_statistics_at_every_epoch_end() -> None:
     _trainer(callbacks=[CirronCallback()], max_epochs=2, limit_val_batches=0).fit(
-        MODELS["lightning.pytorch"]())
+        MODELS["lightning.pytorch"]()
+    )
     t = _tree()
     for epoch in t.named("epoch"):
-        names = {s["tensor_name"] for s in t.data.snapshots.values()
-                 if s["span_id"] == epoch["id"]}
+        names = {s["tensor_name"] for s in t.data.snapshots.values() if s["span_id"] == epoch["id"]}
         assert {"layer.weight", "layer.bias", "layer.weight.grad", "layer.bias.grad"} <= names
 
 
 def test_snapshots_false_watches_nothing() -> None:
-    _trainer(callbacks=[CirronCallback(snapshots=False)], max_epochs=1,
-             limit_val_batches=0).fit(MODELS["lightning.pytorch"]())
+    _trainer(callbacks=[CirronCallback(snapshots=False)], max_epochs=1, limit_val_batches=0).fit(
+        MODELS["lightning.pytorch"]()
+    )
     assert not ci._get()._watched
     assert not _tree().data.snapshots
 
@@ -534,12 +604,21 @@ if __name__ == "__main__":
 def test_ddp_two_ranks_record_their_own_files_with_one_run_id(tmp_path: Path) -> None:
     script = tmp_path / "ddp_train.py"
     script.write_text(DDP_SCRIPT)
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("CIRRON_", "MASTER_", "PL_")) and k not in (
-               "RANK", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("CIRRON_", "MASTER_", "PL_"))
+        and k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK")
+    }
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
-    run = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=90)
+    run = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     sessions = _wait_for_sessions(tmp_path / ".cirron", 2, timeout=30)
     attrs = sorted((s["attrs"] for s in sessions), key=lambda a: a["rank"])
@@ -552,8 +631,11 @@ def test_ddp_two_ranks_record_their_own_files_with_one_run_id(tmp_path: Path) ->
         assert [(e["name"], e["index"]) for e in epochs] == [("epoch", 0), ("epoch", 1)]
         assert all(t.shape(e) == [("batch", 0), ("batch", 1)] for e in epochs)  # 16 / 2 / 4
         rank = session["attrs"]["rank"]
-        assert {s["rank"] for i, s in t.spans.items() if t.data.session_of[i] == session["id"]
-                and s["name"] != "cirron.session"} == {rank}
+        assert {
+            s["rank"]
+            for i, s in t.spans.items()
+            if t.data.session_of[i] == session["id"] and s["name"] != "cirron.session"
+        } == {rank}
 
 
 def _wait_for_sessions(root: Path, n: int, timeout: float) -> list[dict[str, Any]]:
@@ -561,8 +643,11 @@ def _wait_for_sessions(root: Path, n: int, timeout: float) -> list[dict[str, Any
     deadline = time.monotonic() + timeout
     while True:
         data = load(load_batches(root)) if (root / "spool").exists() else TraceData()
-        done = [s for s in data.spans.values() if s["name"] == "cirron.session"
-                and s["attrs"].get("status") == "finished"]
+        done = [
+            s
+            for s in data.spans.values()
+            if s["name"] == "cirron.session" and s["attrs"].get("status") == "finished"
+        ]
         if len(done) >= n or time.monotonic() > deadline:
             assert len(done) == n, json.dumps([s["attrs"] for s in done])[:2000]
             return done
@@ -577,4 +662,3 @@ def _no_cirron_warnings() -> Iterator[None]:
     with warnings.catch_warnings():
         yield
     assert rec.internal_errors == before, rec.last_internal_error
-

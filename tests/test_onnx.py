@@ -46,9 +46,15 @@ def torch_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
     net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)).eval()
     path = tmp_path_factory.mktemp("models") / "mlp.onnx"
     with pytest.warns(DeprecationWarning):  # the legacy exporter works offline, no onnxscript
-        torch.onnx.export(net, (torch.zeros(1, 4),), str(path), dynamo=False,
-                          input_names=["x"], output_names=["y"],
-                          dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}})
+        torch.onnx.export(
+            net,
+            (torch.zeros(1, 4),),
+            str(path),
+            dynamo=False,
+            input_names=["x"],
+            output_names=["y"],
+            dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}},
+        )
     return path, net
 
 
@@ -84,12 +90,15 @@ class Trace:
                 self.spans[span["id"]] = span
             self.marks.extend(b["marks"])
         self.marks.sort(key=lambda m: m["ts_ns"])
-        self.sessions = sorted((s for s in self.spans.values() if s["name"] == "cirron.session"),
-                               key=lambda s: s["start_ns"])
+        self.sessions = sorted(
+            (s for s in self.spans.values() if s["name"] == "cirron.session"),
+            key=lambda s: s["start_ns"],
+        )
 
     def named(self, name: str) -> list[dict[str, Any]]:
-        return sorted((s for s in self.spans.values() if s["name"] == name),
-                      key=lambda s: s["start_ns"])
+        return sorted(
+            (s for s in self.spans.values() if s["name"] == name), key=lambda s: s["start_ns"]
+        )
 
     def final_marks(self, span: dict[str, Any]) -> dict[str, Any]:
         return {m["name"]: m["value"] for m in self.marks if m["span_id"] == span["id"]}
@@ -99,7 +108,8 @@ class Trace:
 
 
 def test_each_run_is_an_inference_span_with_inputs_and_provider(
-        sklearn_model: Path, profiled: None, tmp_path: Path) -> None:
+    sklearn_model: Path, profiled: None, tmp_path: Path
+) -> None:
     bare = ort.InferenceSession(str(sklearn_model), providers=PROVIDERS)
     session = ci.wrap(ort.InferenceSession(str(sklearn_model), providers=PROVIDERS))
     assert isinstance(session, CirronSession)
@@ -113,12 +123,19 @@ def test_each_run_is_an_inference_span_with_inputs_and_provider(
     assert [s["attrs"]["batch_size"] for s in spans] == [1, 5, 10]
     assert all(s["parent_id"] == t.sessions[0]["id"] for s in spans)
     assert spans[1]["attrs"] == {
-        "batch_size": 5, "inputs": ["X"], "shapes": [[5, 4]], "dtypes": ["float32"],
-        "provider": "CPUExecutionProvider", "model": "clf.onnx", "raised": False}
+        "batch_size": 5,
+        "inputs": ["X"],
+        "shapes": [[5, 4]],
+        "dtypes": ["float32"],
+        "provider": "CPUExecutionProvider",
+        "model": "clf.onnx",
+        "raised": False,
+    }
 
 
-def test_a_model_exported_from_torch(torch_model: tuple[Path, Any], profiled: None,
-                                     tmp_path: Path) -> None:
+def test_a_model_exported_from_torch(
+    torch_model: tuple[Path, Any], profiled: None, tmp_path: Path
+) -> None:
     import torch
 
     path, net = torch_model
@@ -133,8 +150,9 @@ def test_a_model_exported_from_torch(torch_model: tuple[Path, Any], profiled: No
     assert span["attrs"]["inputs"] == ["x"] and span["attrs"]["shapes"] == [[7, 4]]
 
 
-def test_run_with_ort_values_is_recorded_too(sklearn_model: Path, profiled: None,
-                                             tmp_path: Path) -> None:
+def test_run_with_ort_values_is_recorded_too(
+    sklearn_model: Path, profiled: None, tmp_path: Path
+) -> None:
     session = ci.wrap(ort.InferenceSession(str(sklearn_model), providers=PROVIDERS))
     value = ort.OrtValue.ortvalue_from_numpy(batch(3))
     outputs = session.run_with_ort_values(None, {"X": value})
@@ -146,7 +164,8 @@ def test_run_with_ort_values_is_recorded_too(sklearn_model: Path, profiled: None
 
 
 def test_a_failing_run_is_recorded_and_its_exception_reraised_untouched(
-        sklearn_model: Path, profiled: None, tmp_path: Path) -> None:
+    sklearn_model: Path, profiled: None, tmp_path: Path
+) -> None:
     bare = ort.InferenceSession(str(sklearn_model), providers=PROVIDERS)
     session = ci.wrap(ort.InferenceSession(str(sklearn_model), providers=PROVIDERS))
     wrong = RNG.random((2, 3), dtype=np.float32)
@@ -168,7 +187,8 @@ def test_a_failing_run_is_recorded_and_its_exception_reraised_untouched(
 
 
 def test_concurrent_runs_from_threads_record_separate_correct_spans(
-        sklearn_model: Path, profiled: None, tmp_path: Path) -> None:
+    sklearn_model: Path, profiled: None, tmp_path: Path
+) -> None:
     session = ci.wrap(ort.InferenceSession(str(sklearn_model), providers=PROVIDERS))
     barrier = threading.Barrier(4)
 
@@ -197,7 +217,8 @@ def test_concurrent_runs_from_threads_record_separate_correct_spans(
 
 
 def test_latency_percentiles_and_call_count_are_session_summary_marks(
-        sklearn_model: Path, profiled: None, tmp_path: Path) -> None:
+    sklearn_model: Path, profiled: None, tmp_path: Path
+) -> None:
     session = ci.wrap(ort.InferenceSession(str(sklearn_model), providers=PROVIDERS))
     for i in range(50):
         session.run(None, {"X": batch(1 + i % 8)})
@@ -214,8 +235,9 @@ def test_latency_percentiles_and_call_count_are_session_summary_marks(
     assert 0 < p50 <= p95 <= p99 <= longest_ms
 
 
-def test_latency_marks_are_refreshed_at_every_flush(sklearn_model: Path, profiled: None,
-                                                    tmp_path: Path) -> None:
+def test_latency_marks_are_refreshed_at_every_flush(
+    sklearn_model: Path, profiled: None, tmp_path: Path
+) -> None:
     session = ci.wrap(ort.InferenceSession(str(sklearn_model), providers=PROVIDERS))
 
     def calls_in_spool() -> list[int]:
@@ -267,8 +289,9 @@ def test_latency_stats_keep_a_bounded_uniform_sample() -> None:
 # -- a proxy, not a replacement --------------------------------------------------------------------
 
 
-def test_everything_else_is_delegated_untouched(sklearn_model: Path, profiled: None,
-                                                tmp_path: Path) -> None:
+def test_everything_else_is_delegated_untouched(
+    sklearn_model: Path, profiled: None, tmp_path: Path
+) -> None:
     options = ort.SessionOptions()
     options.enable_profiling = True
     options.profile_file_prefix = str(tmp_path / "ort")
@@ -292,7 +315,8 @@ def test_everything_else_is_delegated_untouched(sklearn_model: Path, profiled: N
 
 
 def test_set_providers_is_delegated_and_later_spans_name_the_provider(
-        sklearn_model: Path, profiled: None, tmp_path: Path) -> None:
+    sklearn_model: Path, profiled: None, tmp_path: Path
+) -> None:
     session = ci.wrap(ort.InferenceSession(str(sklearn_model), providers=PROVIDERS))
     session.set_providers(PROVIDERS)
     session.run(None, {"X": batch(1)})
@@ -306,8 +330,9 @@ def test_wrapping_twice_returns_the_same_proxy(sklearn_model: Path) -> None:
     assert onnx_adapter.wrap(ci._get(), object()) is None
 
 
-def test_the_first_run_starts_profiling_when_nothing_runs(sklearn_model: Path,
-                                                          tmp_path: Path) -> None:
+def test_the_first_run_starts_profiling_when_nothing_runs(
+    sklearn_model: Path, tmp_path: Path
+) -> None:
     session = ci.wrap(ort.InferenceSession(str(sklearn_model), providers=PROVIDERS))
     assert not ci._get().profiling
     session.run(None, {"X": batch(1)})

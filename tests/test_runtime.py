@@ -475,3 +475,46 @@ def test_internal_faults_are_counted_and_never_raised() -> None:
     assert h["internal_errors"] == 2 and "listener bug" in h["last_internal_error"]
     assert len(INTERNAL_ERRORS) == 2
     INTERNAL_ERRORS.clear()  # expected here; any other test with one fails
+
+
+def test_cirron_yaml_identity_and_profiling_defaults_reach_the_session() -> None:
+    Path("cirron.yaml").write_text(
+        "name: churn-model\nversion: 1.2.0\nframework: pytorch\ntype: classification\n"
+        "profiling:\n  flush_interval: 0.25\n"
+    )
+    p = ci.profile(frameworks=[])
+    assert p.settings.flush_interval == 0.25
+    assert "cirron.yaml" in p.settings.source("flush_interval")
+    session = spans_by_name(finish())["cirron.session"][0]
+    assert session["attrs"]["name"] == "churn-model" and session["attrs"]["version"] == "1.2.0"
+    assert session["attrs"]["framework"] == "pytorch"
+
+
+def test_attrs_may_use_any_name_including_name_and_value() -> None:
+    ci.profile(frameworks=[])
+    with ci.scope("layer", name="encoder", kind="x"):
+        ci.mark("m", 1, name="n", value="v", kind="summary")
+    batches = finish()
+    (layer,) = spans_by_name(batches)["layer"]
+    assert layer["attrs"] == {"name": "encoder", "kind": "x"}
+    (m,) = all_marks(batches)
+    assert m["attrs"] == {"name": "n", "value": "v"} and m["kind"] == "summary"
+
+
+def test_flush_hooks_run_before_each_flush_and_once_before_the_session_closes() -> None:
+    p = ci.profile(frameworks=[], flush_interval=3600)
+    calls = []
+    p.flush_hooks.append(lambda: (calls.append(1), ci.mark("p50", 1.5, kind="summary")))
+    ci.flush()
+    ci.shutdown()
+    batches = load_batches(SPOOL)
+    session = spans_by_name(batches)["cirron.session"][0]
+    marks = all_marks(batches)
+    assert len(calls) == 2 and len(marks) == 2
+    assert all(m["span_id"] == session["id"] for m in marks)
+
+
+def test_trace_of_a_session_that_recorded_nothing_is_empty_not_an_error() -> None:
+    ci.profile(frameworks=[], output="none")
+    assert ci.trace(format="dict") == {}
+    assert isinstance(ci.trace(), str)

@@ -68,26 +68,38 @@ class Trace:
         self.session = next(s for s in self.spans.values() if s["name"] == "cirron.session")
 
     def named(self, name: str, parent: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        return sorted((s for s in self.spans.values() if s["name"] == name
-                       and (parent is None or s["parent_id"] == parent["id"])),
-                      key=lambda s: s["start_ns"])
+        return sorted(
+            (
+                s
+                for s in self.spans.values()
+                if s["name"] == name and (parent is None or s["parent_id"] == parent["id"])
+            ),
+            key=lambda s: s["start_ns"],
+        )
 
     def top(self) -> list[dict[str, Any]]:
         return self.children(self.session)
 
     def children(self, span: dict[str, Any]) -> list[dict[str, Any]]:
-        return sorted((s for s in self.spans.values() if s["parent_id"] == span["id"]),
-                      key=lambda s: s["start_ns"])
+        return sorted(
+            (s for s in self.spans.values() if s["parent_id"] == span["id"]),
+            key=lambda s: s["start_ns"],
+        )
 
     def marks_of(self, span: dict[str, Any]) -> dict[str, Any]:
-        return {m["name"]: m["value"] for m in sorted(self.marks, key=lambda m: m["ts_ns"])
-                if m["span_id"] == span["id"]}
+        return {
+            m["name"]: m["value"]
+            for m in sorted(self.marks, key=lambda m: m["ts_ns"])
+            if m["span_id"] == span["id"]
+        }
 
 
 # -- one span per call -----------------------------------------------------------------------------
 
 
-def test_each_call_is_one_span_with_shape_estimator_and_params(profiled: None, tmp_path: Path) -> None:
+def test_each_call_is_one_span_with_shape_estimator_and_params(
+    profiled: None, tmp_path: Path
+) -> None:
     clf = ci.wrap(LogisticRegression(C=0.5, max_iter=200))
     clf.fit(X, Y)
     clf.predict_proba(X[:10])
@@ -116,7 +128,9 @@ def test_a_final_loss_and_iteration_count_are_summary_marks(profiled: None, tmp_
     assert t.marks_of(fit) == {"n_iter": 5, "loss": pytest.approx(mlp.loss_curve_[-1])}
 
 
-def test_a_failing_call_is_recorded_and_its_exception_reraised_untouched(profiled: None, tmp_path: Path) -> None:
+def test_a_failing_call_is_recorded_and_its_exception_reraised_untouched(
+    profiled: None, tmp_path: Path
+) -> None:
     bad = X.copy()
     bad[0, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
@@ -235,14 +249,20 @@ def test_a_pipeline_gives_one_child_span_per_step(profiled: None, tmp_path: Path
     assert (fit["name"], predict["name"]) == ("fit", "predict")
     assert fit["attrs"]["estimator"] == "Pipeline"
     steps = [(s["name"], s["attrs"]["step"], s["attrs"]["estimator"]) for s in t.children(fit)]
-    assert steps == [("fit_transform", "standardscaler", "StandardScaler"),
-                     ("fit", "logisticregression", "LogisticRegression")]
+    assert steps == [
+        ("fit_transform", "standardscaler", "StandardScaler"),
+        ("fit", "logisticregression", "LogisticRegression"),
+    ]
     assert [(s["name"], s["attrs"]["step"]) for s in t.children(predict)] == [
-        ("transform", "standardscaler"), ("predict", "logisticregression")]
+        ("transform", "standardscaler"),
+        ("predict", "logisticregression"),
+    ]
     assert "n_iter" in t.marks_of(t.children(fit)[1])
 
 
-def test_concurrent_predictions_on_one_fitted_pipeline_stay_separate(profiled: None, tmp_path: Path) -> None:
+def test_concurrent_predictions_on_one_fitted_pipeline_stay_separate(
+    profiled: None, tmp_path: Path
+) -> None:
     pipe = ci.wrap(make_pipeline(StandardScaler(), LogisticRegression())).fit(X, Y)
     expected = pipe.predict(X)
     barrier = threading.Barrier(4)
@@ -266,7 +286,9 @@ def test_concurrent_predictions_on_one_fitted_pipeline_stay_separate(profiled: N
         assert all(k["thread_id"] == span["thread_id"] for k in kids)
 
 
-def test_a_wrapped_step_in_a_wrapped_pipeline_is_still_one_span_per_call(profiled: None, tmp_path: Path) -> None:
+def test_a_wrapped_step_in_a_wrapped_pipeline_is_still_one_span_per_call(
+    profiled: None, tmp_path: Path
+) -> None:
     pipe = ci.wrap(make_pipeline(StandardScaler(), ci.wrap(LogisticRegression())))
     pipe.fit(X, Y)
     pipe.predict(X)
@@ -275,7 +297,9 @@ def test_a_wrapped_step_in_a_wrapped_pipeline_is_still_one_span_per_call(profile
     fit, predict = t.top()
     kids = t.children(fit)
     assert [(k["name"], k["attrs"]["step"]) for k in kids] == [
-        ("fit_transform", "standardscaler"), ("fit", "cirronestimator")]
+        ("fit_transform", "standardscaler"),
+        ("fit", "cirronestimator"),
+    ]
     assert t.children(kids[1]) == []  # no second span for the same fit
     assert [k["name"] for k in t.children(predict)] == ["transform", "predict"]
     assert len(t.named("fit")) == 2 and len(t.named("predict")) == 2
@@ -291,9 +315,12 @@ def test_wrapping_twice_does_not_double_spans(profiled: None, tmp_path: Path) ->
     assert fit["attrs"]["estimator"] == "LogisticRegression" and t.children(fit) == []
 
 
-def test_make_pipeline_and_column_transformer_keep_wrapped_steps(profiled: None, tmp_path: Path) -> None:
-    ct = ColumnTransformer([("num", ci.wrap(StandardScaler()), [0, 1]),
-                            ("rest", "passthrough", [2, 3])])
+def test_make_pipeline_and_column_transformer_keep_wrapped_steps(
+    profiled: None, tmp_path: Path
+) -> None:
+    ct = ColumnTransformer(
+        [("num", ci.wrap(StandardScaler()), [0, 1]), ("rest", "passthrough", [2, 3])]
+    )
     pipe = make_pipeline(ct, ci.wrap(LogisticRegression()))
     pipe.fit(X, Y)
     assert isinstance(pipe[0].transformers_[0][1], CirronEstimator)
@@ -301,7 +328,9 @@ def test_make_pipeline_and_column_transformer_keep_wrapped_steps(profiled: None,
 
     t = Trace(tmp_path)
     assert [(s["name"], s["attrs"]["estimator"]) for s in t.top()] == [
-        ("fit_transform", "StandardScaler"), ("fit", "LogisticRegression")]
+        ("fit_transform", "StandardScaler"),
+        ("fit", "LogisticRegression"),
+    ]
     assert t.top()[0]["attrs"]["n_features"] == 2
 
 
@@ -331,7 +360,9 @@ def test_a_search_gives_one_child_span_per_candidate_fit(profiled: None, tmp_pat
     assert len(t.named("score", parent=outer)) == 4  # each candidate's scoring
 
 
-def test_a_search_over_a_pipeline_nests_candidates_and_steps(profiled: None, tmp_path: Path) -> None:
+def test_a_search_over_a_pipeline_nests_candidates_and_steps(
+    profiled: None, tmp_path: Path
+) -> None:
     pipe = make_pipeline(StandardScaler(), LogisticRegression())
     ci.wrap(GridSearchCV(pipe, {"logisticregression__C": [0.1, 1.0]}, cv=2)).fit(X, Y)
 
@@ -339,11 +370,15 @@ def test_a_search_over_a_pipeline_nests_candidates_and_steps(profiled: None, tmp
     (outer,) = t.top()
     fits = t.named("fit", parent=outer)
     assert len(fits) == 5
-    assert [k["attrs"]["step"] for k in t.children(fits[0])] == ["standardscaler",
-                                                                 "logisticregression"]
+    assert [k["attrs"]["step"] for k in t.children(fits[0])] == [
+        "standardscaler",
+        "logisticregression",
+    ]
 
 
-def test_a_search_over_a_wrapped_estimator_records_each_candidate(profiled: None, tmp_path: Path) -> None:
+def test_a_search_over_a_wrapped_estimator_records_each_candidate(
+    profiled: None, tmp_path: Path
+) -> None:
     search = GridSearchCV(ci.wrap(LogisticRegression()), {"estimator__C": [0.1, 1.0]}, cv=2)
     search.fit(X, Y)
     assert isinstance(search.best_estimator_, CirronEstimator)
@@ -354,7 +389,9 @@ def test_a_search_over_a_wrapped_estimator_records_each_candidate(profiled: None
     assert sorted(f["attrs"]["params"]["C"] for f in fits[:4]) == [0.1, 0.1, 1.0, 1.0]
 
 
-def test_a_search_with_worker_processes_records_the_outer_span_and_best_marks(profiled: None, tmp_path: Path) -> None:
+def test_a_search_with_worker_processes_records_the_outer_span_and_best_marks(
+    profiled: None, tmp_path: Path
+) -> None:
     ci.wrap(GridSearchCV(LogisticRegression(), {"C": [0.1, 1.0]}, cv=2, n_jobs=2)).fit(X, Y)
 
     t = Trace(tmp_path)
@@ -383,7 +420,8 @@ def test_metadata_is_routed_to_the_wrapped_estimator() -> None:
         search = GridSearchCV(ci.wrap(inner), {"estimator__C": [0.5, 1.0]}, cv=2)
         search.fit(X, Y, sample_weight=weights)
     expected = LogisticRegression(C=search.best_params_["estimator__C"]).fit(
-        X, Y, sample_weight=weights)
+        X, Y, sample_weight=weights
+    )
     np.testing.assert_allclose(search.best_estimator_.coef_, expected.coef_)
 
 

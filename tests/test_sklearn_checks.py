@@ -19,9 +19,20 @@ import cirron as ci
 from cirron.integrations.sklearn import CirronEstimator
 from tests.helpers.schema import load_batches
 
-RECORDED = {"fit", "partial_fit", "predict", "predict_proba", "predict_log_proba",
-            "decision_function", "score", "score_samples", "transform", "fit_transform",
-            "fit_predict", "inverse_transform"}
+RECORDED = {
+    "fit",
+    "partial_fit",
+    "predict",
+    "predict_proba",
+    "predict_log_proba",
+    "decision_function",
+    "score",
+    "score_samples",
+    "transform",
+    "fit_transform",
+    "fit_predict",
+    "inverse_transform",
+}
 
 ESTIMATORS = [
     CirronEstimator(LogisticRegression()),
@@ -47,7 +58,8 @@ WRAPPED_ESTIMATOR_FAILURES = {
     "Ridge": {
         "check_non_transformer_estimators_n_iter": (
             "Ridge itself: n_iter_ is None with its default solver (scikit-learn marks this "
-            "check as an expected failure for the bare Ridge too)."),
+            "check as an expected failure for the bare Ridge too)."
+        ),
     },
 }
 
@@ -57,7 +69,9 @@ def expected_failures(estimator: CirronEstimator) -> dict[str, str]:
 
 
 @parametrize_with_checks(ESTIMATORS, expected_failed_checks=expected_failures)
-def test_wrapper_passes_sklearn_estimator_checks(estimator: CirronEstimator, check, tmp_path: Path) -> None:
+def test_wrapper_passes_sklearn_estimator_checks(
+    estimator: CirronEstimator, check, tmp_path: Path
+) -> None:
     check(estimator)
     ci.shutdown()
     spans = [s for b in load_batches(tmp_path) for s in b["spans"] if s["name"] != "cirron.session"]

@@ -20,16 +20,30 @@ def record(s: RawStats) -> dict[str, Any]:
 
 
 def as_batch(records: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"schema_version": 1, "sdk_version": "0", "batch_id": "c" * 32, "created_ns": 1,
-            "spans": [], "marks": [], "snapshots": records}
+    return {
+        "schema_version": 1,
+        "sdk_version": "0",
+        "batch_id": "c" * 32,
+        "created_ns": 1,
+        "spans": [],
+        "marks": [],
+        "snapshots": records,
+    }
 
 
 def numpy_stats(arr: np.ndarray) -> dict[str, Any]:
     fin = arr[np.isfinite(arr)].astype(np.float64)
     counts, edges = np.histogram(fin, bins=BINS)
-    return {"mean": fin.mean(), "std": fin.std(), "min": fin.min(), "max": fin.max(),
-            "norm": np.linalg.norm(fin), "counts": counts.tolist(), "bins": edges.tolist(),
-            "non_finite": int(arr.size - fin.size)}
+    return {
+        "mean": fin.mean(),
+        "std": fin.std(),
+        "min": fin.min(),
+        "max": fin.max(),
+        "norm": np.linalg.norm(fin),
+        "counts": counts.tolist(),
+        "bins": edges.tolist(),
+        "non_finite": int(arr.size - fin.size),
+    }
 
 
 CASES = {
@@ -121,8 +135,15 @@ def test_writer_draws_per_boundary_and_tells_the_transport(tmp_path: Path) -> No
     queue: list[dict[str, Any]] = []
     draws = iter([0.5, 0.001])
     transport = FakeTransport()
-    w = SnapshotWriter(mode="sampled", sample_rate=0.01, queue=queue, new_id=lambda: "d" * 32,
-                       spool=FakeSpool(tmp_path), transport=transport, draw=lambda: next(draws))
+    w = SnapshotWriter(
+        mode="sampled",
+        sample_rate=0.01,
+        queue=queue,
+        new_id=lambda: "d" * 32,
+        spool=FakeSpool(tmp_path),
+        transport=transport,
+        draw=lambda: next(draws),
+    )
     arr = np.arange(6, dtype=np.float32).reshape(2, 3)
     s = tensor_stats([("w", torch.from_numpy(arr))])[0]
     assert w.wants_blobs() is False

@@ -81,9 +81,13 @@ def all_patched_away() -> None:
     assert not module._global_forward_pre_hooks and not module._global_forward_hooks
     assert not optimizer._global_optimizer_pre_hooks
     assert not optimizer._global_optimizer_post_hooks
-    for fn in (dataloader.DataLoader.__iter__, dataloader._BaseDataLoaderIter.__next__,
-               torch.autograd.backward, torch.distributed.init_process_group,
-               nn.Module.__call__):
+    for fn in (
+        dataloader.DataLoader.__iter__,
+        dataloader._BaseDataLoaderIter.__next__,
+        torch.autograd.backward,
+        torch.distributed.init_process_group,
+        nn.Module.__call__,
+    ):
         assert not hasattr(fn, "__wrapped__") or "cirron" not in fn.__module__, fn
         assert fn.__module__.startswith("torch"), fn
 
@@ -124,8 +128,10 @@ def test_explicit_epochs_and_batches_with_hooks_give_the_same_tree() -> None:
             step(model, opt, x, y)
     data = read()
     assert shape(data, session(data)["id"]) == bare_tree(2, 3)
-    assert all(m["span_id"] in data.spans and data.spans[m["span_id"]]["name"] == "batch"
-               for m in data.marks.values())
+    assert all(
+        m["span_id"] in data.spans and data.spans[m["span_id"]]["name"] == "batch"
+        for m in data.marks.values()
+    )
 
 
 def test_explicit_epochs_over_a_bare_loader_open_no_second_epoch() -> None:
@@ -153,7 +159,11 @@ def test_validation_loader_inside_the_epoch_loop_is_not_an_epoch() -> None:
     data = read()
     top = kids(data, session(data)["id"])
     assert [(s["name"], s["index"]) for s in top] == [
-        ("epoch", 0), ("validation", 0), ("epoch", 1), ("validation", 1)]
+        ("epoch", 0),
+        ("validation", 0),
+        ("epoch", 1),
+        ("validation", 1),
+    ]
     v = shape(data, top[1]["id"])
     assert v == [["batch", i, [["data_load", None, []], ["forward", None, []]]] for i in range(2)]
     assert all(b["attrs"]["phase"] == "validation" for b in kids(data, top[1]["id"]))
@@ -290,8 +300,12 @@ def test_two_watched_models_keep_distinct_names() -> None:
         d(g(torch.randn(2, 3))).sum().backward()
     data = read()
     names = set(snapshots_by_epoch(data)[0])
-    assert names == {f"{m}.fc.{p}{g}" for m in ("Generator", "Discriminator")
-                     for p in ("weight", "bias") for g in ("", ".grad")}
+    assert names == {
+        f"{m}.fc.{p}{g}"
+        for m in ("Generator", "Discriminator")
+        for p in ("weight", "bias")
+        for g in ("", ".grad")
+    }
 
 
 def test_non_finite_values_are_counted_and_left_out_of_the_statistics() -> None:
@@ -349,7 +363,8 @@ def test_sampled_mode_losers_stay_stats() -> None:
     data = read()
     assert {s["mode"] for s in data.snapshots.values()} == {"stats"}
     assert not (Path.cwd() / ".cirron" / "snapshots").exists() or not any(
-        (Path.cwd() / ".cirron" / "snapshots").iterdir())
+        (Path.cwd() / ".cirron" / "snapshots").iterdir()
+    )
 
 
 def test_large_payload_warns_once_with_size_and_parameter_count() -> None:
@@ -378,8 +393,13 @@ def test_large_payload_warns_once_with_size_and_parameter_count() -> None:
 def test_shutdown_removes_every_hook_and_torch_behaves_as_before() -> None:
     from torch.utils.data import dataloader
 
-    before = (dataloader.DataLoader.__iter__, dataloader._BaseDataLoaderIter.__next__,
-              torch.autograd.backward, torch.distributed.init_process_group, nn.Module.__call__)
+    before = (
+        dataloader.DataLoader.__iter__,
+        dataloader._BaseDataLoaderIter.__next__,
+        torch.autograd.backward,
+        torch.distributed.init_process_group,
+        nn.Module.__call__,
+    )
     p = ci.profile()
     model, opt, loader = tiny()
     ci.watch(model)
@@ -387,8 +407,13 @@ def test_shutdown_removes_every_hook_and_torch_behaves_as_before() -> None:
     for x, y in loader:
         step(model, opt, x, y)
     ci.shutdown()
-    after = (dataloader.DataLoader.__iter__, dataloader._BaseDataLoaderIter.__next__,
-             torch.autograd.backward, torch.distributed.init_process_group, nn.Module.__call__)
+    after = (
+        dataloader.DataLoader.__iter__,
+        dataloader._BaseDataLoaderIter.__next__,
+        torch.autograd.backward,
+        torch.distributed.init_process_group,
+        nn.Module.__call__,
+    )
     assert after == before
     assert not model._forward_pre_hooks and not model._forward_hooks
     all_patched_away()
@@ -440,11 +465,18 @@ def test_profile_frameworks_empty_installs_nothing_but_watch_still_snapshots() -
     assert {s["name"] for s in data.spans.values()} == {"cirron.session", "epoch"}
 
 
-def run_py(code: str, cwd: Path, timeout: float = 60, env: dict[str, str] | None = None
-           ) -> subprocess.CompletedProcess[str]:
+def run_py(
+    code: str, cwd: Path, timeout: float = 60, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout, env=full_env)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+    )
 
 
 def test_profile_before_import_torch_installs_hooks_when_torch_arrives(tmp_path: Path) -> None:
@@ -472,16 +504,20 @@ def test_profile_before_import_torch_installs_hooks_when_torch_arrives(tmp_path:
 
 def test_ddp_two_ranks_on_gloo_share_a_run_and_write_their_own_spools(tmp_path: Path) -> None:
     script = REPO / "examples" / "ddp_gloo.py"
-    r = subprocess.run([sys.executable, str(script), "--epochs", "2", "--quiet"], cwd=tmp_path,
-                       capture_output=True, text=True, timeout=120,
-                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    r = subprocess.run(
+        [sys.executable, str(script), "--epochs", "2", "--quiet"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     data = trace.load(load_batches(tmp_path))
     roots = [s for s in data.spans.values() if s["name"] == "cirron.session"]
     assert sorted(s["rank"] for s in roots) == [0, 1]
     assert len({s["attrs"]["run_id"] for s in roots}) == 1
-    assert all(s["attrs"]["world_size"] == 2 and s["attrs"]["status"] == "finished"
-               for s in roots)
+    assert all(s["attrs"]["world_size"] == 2 and s["attrs"]["status"] == "finished" for s in roots)
     for root in roots:
         epochs = kids(data, root["id"])
         assert [e["name"] for e in epochs] == ["epoch", "epoch"]
@@ -496,7 +532,9 @@ def test_ddp_two_ranks_on_gloo_share_a_run_and_write_their_own_spools(tmp_path: 
 # -- GPU (runs only where CUDA exists) -------------------------------------------------------------
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA; runs on a GPU machine [allowed-skip]"
+)
 def test_cuda_step_adds_no_synchronisation_and_records_gpu_time() -> None:
     ci.profile()
     torch.manual_seed(0)
@@ -525,8 +563,11 @@ def test_cuda_step_adds_no_synchronisation_and_records_gpu_time() -> None:
     for _ in it:
         pass
     data = read()
-    timed = [s for s in data.spans.values()
-             if s["name"] in ("forward", "backward", "optimizer_step", "batch")]
+    timed = [
+        s
+        for s in data.spans.values()
+        if s["name"] in ("forward", "backward", "optimizer_step", "batch")
+    ]
     assert timed and all(isinstance(s["gpu_ns"], int) for s in timed), timed
     batches = [s for s in data.spans.values() if s["name"] == "batch"]
     assert all(s["memory_peak_bytes"] and s["memory_peak_bytes"] > 0 for s in batches)

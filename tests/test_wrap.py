@@ -37,11 +37,15 @@ def onnx_session(tmp_path_factory: pytest.TempPathFactory) -> ort.InferenceSessi
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
-@pytest.mark.parametrize("make", [
-    LogisticRegression,
-    lambda: make_pipeline(StandardScaler(), LogisticRegression()),
-    lambda: GridSearchCV(LogisticRegression(), {"C": [1.0]}),
-], ids=["estimator", "pipeline", "search"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        LogisticRegression,
+        lambda: make_pipeline(StandardScaler(), LogisticRegression()),
+        lambda: GridSearchCV(LogisticRegression(), {"C": [1.0]}),
+    ],
+    ids=["estimator", "pipeline", "search"],
+)
 def test_an_sklearn_estimator_becomes_a_cirron_estimator(make) -> None:  # type: ignore[no-untyped-def]
     est = make()
     wrapped = ci.wrap(est)
@@ -56,8 +60,13 @@ def test_an_onnx_session_becomes_a_cirron_session(onnx_session: ort.InferenceSes
 
 
 def _run(code: str) -> dict[str, object]:
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     result: dict[str, object] = json.loads(proc.stdout.strip().splitlines()[-1])
     return result
@@ -84,8 +93,13 @@ def test_an_unsupported_object_is_refused_with_what_is_supported() -> None:
     assert isinstance(messages, list) and len(messages) == 4
     first = messages[0]
     assert "builtins.object" in first
-    for supported in ("scikit-learn estimators", "onnxruntime.InferenceSession", "Keras models",
-                      "LightningModules", "torch.nn.Modules"):
+    for supported in (
+        "scikit-learn estimators",
+        "onnxruntime.InferenceSession",
+        "Keras models",
+        "LightningModules",
+        "torch.nn.Modules",
+    ):
         assert supported in first
     assert "ci.scope()" in first  # and what to do instead
     assert "instrument a builtins.type." in messages[1]  # an estimator class, not an instance
