@@ -398,11 +398,15 @@ class Cirron:
             before_flush=p.run_flush_hooks,
         )
         p.session_attrs = self._session_attrs(ctx, p)
+        # Each step registers its undo at once: if a later step fails, profile() removes
+        # everything (no thread, hook or open session is left behind).
         p.session = rec.open_root("cirron.session", p.session_attrs)
-        p._undo.append(lambda: setattr(rec, "root_id", None))
+        p._undo.append(lambda: rec.discard_root(p.session))
         p.flusher.start()
+        p._undo.append(p.flusher.abort)
         rec.on_new_buffer = None
         p.transport.start()
+        p._undo.append(lambda: p.transport.close(0.0))
         p.lifecycle = Lifecycle(p)
         p.lifecycle.install()
         p._undo.append(p.lifecycle.uninstall)

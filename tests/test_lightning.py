@@ -205,15 +205,15 @@ def test_fit_records_epochs_batches_validation_and_children(ns: str) -> None:
             "train_loss_epoch",
             "train_loss_step",
             "val_loss",
-            "lr",
+            "learning_rate",
             "batch_size",
             "samples",
-            "samples_per_s",
+            "samples_per_second",
             "batches",
         } <= set(summary)
-        assert summary["lr"] == [0.05] and summary["batch_size"] == [4]
+        assert summary["learning_rate"] == [0.05] and summary["batch_size"] == [4]
         assert summary["samples"] == [12] and summary["batches"] == [3]
-        assert summary["samples_per_s"][0] > 0
+        assert summary["samples_per_second"][0] > 0
     losses = [v for b in t.named("batch") if "phase" not in b["attrs"] for v in t.marks(b)["loss"]]
     assert losses == pytest.approx(model.losses, rel=1e-6)
     assert all(o["epoch"] == o["batch"] == o["step"] == 1 for o in model.owners)
@@ -494,7 +494,7 @@ def test_multiple_param_groups_each_get_a_learning_rate() -> None:
     _trainer(callbacks=[CirronCallback()], max_epochs=1, limit_val_batches=0).fit(TwoGroups())
     t = _tree()
     summary = t.marks(t.named("epoch")[0], "summary")
-    assert summary["lr/pg0"] == [0.1] and summary["lr/pg1"] == [0.01]
+    assert summary["learning_rate/pg0"] == [0.1] and summary["learning_rate/pg1"] == [0.01]
 
 
 # -- ci.wrap(LightningModule) ------------------------------------------------------------------

@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 import threading
+import time
 import warnings
 from pathlib import Path
 
@@ -204,16 +205,31 @@ def test_break_out_of_loops_closes_cleanly() -> None:
     assert spans["next"][0]["parent_id"] == spans["cirron.session"][0]["id"]
 
 
-def test_exception_in_loop_body_closes_the_batch_with_the_exception() -> None:
+def test_exception_in_loop_body_closes_batch_and_epoch_as_stopped_early() -> None:
     ci.profile(frameworks=[])
     with pytest.raises(RuntimeError):
         for _ in ci.epochs(range(3)):
             for b in ci.batches(range(3)):
                 if b == 1:
                     raise RuntimeError("bad batch")
+    with ci.scope("after"):
+        pass
     spans = spans_by_name(finish())
     assert [b["index"] for b in spans["batch"]] == [0, 1]
-    assert len(spans["epoch"]) == 1
+    assert "stopped_early" not in spans["batch"][0]["attrs"]
+    assert spans["batch"][1]["attrs"]["stopped_early"] is True
+    (epoch,) = spans["epoch"]
+    assert epoch["attrs"]["stopped_early"] is True
+    assert spans["after"][0]["parent_id"] == spans["cirron.session"][0]["id"]  # no stale frame
+
+
+def test_exhausted_loops_are_not_marked_stopped_early() -> None:
+    ci.profile(frameworks=[])
+    for _ in ci.epochs(range(2)):
+        for _ in ci.batches(range(2)):
+            pass
+    spans = spans_by_name(finish())
+    assert not any("stopped_early" in s["attrs"] for s in spans["epoch"] + spans["batch"])
 
 
 def test_threads_record_into_their_own_trees() -> None:
@@ -373,6 +389,61 @@ def test_failed_profile_rolls_back_every_hook() -> None:
         ci.Cirron(api_key="k-123", api_endpoint="http://example.com").profile(frameworks=[])
     assert sys.excepthook is hook
     assert threading.active_count() == threads
+
+
+def test_profile_failing_late_stops_the_flusher_and_forgets_the_session(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from cirron.core.errors import CirronDependencyError
+    from cirron.integrations import FRAMEWORKS, Framework
+
+    monkeypatch.setitem(
+        FRAMEWORKS,
+        "caffe",
+        Framework("caffe", "cirron.integrations.caffe", ("caffe_not_installed",), "caffe", "caffe"),
+    )
+    hook = sys.excepthook
+    c = ci.Cirron()
+    with pytest.raises(CirronDependencyError, match=r"pip install 'cirron-sdk\[caffe\]'"):
+        c.profile(frameworks=["caffe"])  # fails after the flusher and session started
+    time.sleep(0.05)
+    assert not [t for t in threading.enumerate() if t.name == "cirron-flusher" and t.is_alive()]
+    assert sys.excepthook is hook and not c.profiling
+    assert c._rec.root_id is None and not c._rec.structural
+    p = c.profile(frameworks=[])  # and a later profile() works
+    assert p.status == "running"
+    c.shutdown()
+
+
+def test_cirron_yaml_framework_narrows_autodetect(monkeypatch: pytest.MonkeyPatch) -> None:
+    import cirron.integrations as integrations
+
+    seen: list[str] = []
+    monkeypatch.setattr(integrations, "_activate", lambda c, p, fw: seen.append(fw.name) or True)
+    monkeypatch.setitem(sys.modules, "sklearn", sys.modules.get("sklearn", object()))
+    monkeypatch.setitem(sys.modules, "onnxruntime", sys.modules.get("onnxruntime", object()))
+    Path("cirron.yaml").write_text("name: m\nversion: '1'\nframework: onnx\ntype: regression\n")
+    p = ci.profile()
+    assert seen == ["onnx"] and p.frameworks == ["onnx"]
+
+
+def test_warnings_configured_as_errors_never_raise_into_the_loop() -> None:
+    ci.profile(frameworks=[])
+    ran = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ci.mark("bad", object())
+
+        def nest(n: int) -> None:
+            with ci.scope("d", index=n):
+                if n < MAX_DEPTH + 2:
+                    nest(n + 1)
+                else:
+                    ran.append(n)
+
+        nest(1)
+    assert ran == [MAX_DEPTH + 2]
+    assert ci.health()["drops"]["bad_mark_values"] == 1
 
 
 def test_unknown_framework_warns_and_frameworks_empty_installs_nothing() -> None:

@@ -208,6 +208,12 @@ class Flusher:
                     json.dumps(span["attrs"], default=str)[:200],
                 )
 
+    def abort(self) -> None:
+        """Stop the thread without a final flush (a ``profile()`` that failed half-way)."""
+        self._stop = True
+        self._event.set()
+        self.rec.wake = _noop
+
     def stop(self, timeout: float) -> None:
         """Final flush, then stop the thread (waits at most ``timeout`` seconds)."""
         self._stop = True

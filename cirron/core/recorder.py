@@ -395,7 +395,10 @@ class Recorder:
         if key in self._warned:
             return
         self._warned.add(key)
-        warnings.warn(message, CirronWarning, stacklevel=3)
+        try:
+            warnings.warn(message, CirronWarning, stacklevel=3)
+        except Exception:  # `-W error` must not turn a warning into an exception in user code
+            pass
 
     def bad_value(self, name: str, value: Any, what: str = "value") -> None:
         self.buffer().bad_values += 1
@@ -557,6 +560,13 @@ class Recorder:
         self.structural[s.id] = s
         return s
 
+    def discard_root(self, s: Scope | None) -> None:
+        """Forget a session span that will never be closed (a failed ``profile()``)."""
+        if s is not None:
+            self.structural.pop(getattr(s, "id", 0), None)
+            if self.root_id == getattr(s, "id", None):
+                self.root_id = None
+
     def close_root(self, s: Scope, attrs: dict[str, Any]) -> None:
         tb = s.tb
         if tb is None:
@@ -596,15 +606,19 @@ class Recorder:
         """Yield ``iterable``'s items, each inside an ``epoch`` span indexed from 0."""
         self.owners["epoch"] += 1
         scope: Scope | None = None
+        exhausted = False
         try:
             for i, item in enumerate(iterable):
                 if scope is not None:
                     self.close(scope)
                 scope = self.open("epoch", i, structural=True)
                 yield item
+            exhausted = True
         finally:
             self.owners["epoch"] -= 1
-            if scope is not None:
+            if scope is not None and scope.open:
+                if not exhausted:  # break, return or an exception in the loop body
+                    scope.attrs["stopped_early"] = True
                 self.close(scope)
 
     def batches(self, iterable: Iterable[T]) -> Iterator[T]:
@@ -671,9 +685,12 @@ class Recorder:
                 i += 1
         finally:
             owners["batch"] -= 1
-            if s is not None and s.tb is not None:  # break, exception or close() in the body
+            if s is not None and s.tb is not None:  # break, return or an exception in the body
                 if not hasattr(s, "attrs"):
                     s.attrs = {}
+                # The loop body's exception never reaches the generator (it is only closed),
+                # so its type is not known here; the session records a crash.
+                s.attrs["stopped_early"] = True
                 s.__exit__(None, None, None)
 
     # -- faults --------------------------------------------------------------------------------

@@ -221,11 +221,14 @@ class SnapshotWriter:
             return
         self.warned_size = True
         params = sum(int(a.size) for a in arrays[0].values())
-        warnings.warn(
-            f"cirron: this epoch's snapshot blobs are {size / 1e6:.0f} MB ({params:,} "
-            f"parameters, mode {self.mode!r}). Raw tensors are written at every "
-            f"{'epoch' if self.mode == 'full' else 'sampled epoch'}; use snapshots='stats' or "
-            "a lower sample_rate for large models.",
-            CirronWarning,
-            stacklevel=2,
-        )
+        try:  # an epoch boundary runs on the training thread: never raise, even under -W error
+            warnings.warn(
+                f"cirron: this epoch's snapshot blobs are {size / 1e6:.0f} MB ({params:,} "
+                f"parameters, mode {self.mode!r}). Raw tensors are written at every "
+                f"{'epoch' if self.mode == 'full' else 'sampled epoch'}; use snapshots='stats' "
+                "or a lower sample_rate for large models.",
+                CirronWarning,
+                stacklevel=2,
+            )
+        except Exception:
+            pass

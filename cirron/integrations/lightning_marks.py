@@ -57,26 +57,26 @@ def batch_size(batch: Any) -> int | None:
 
 
 def mark_learning_rates(rec: Any, trainer: Any) -> None:
-    """One ``summary`` mark per optimizer param group: ``lr``, or ``lr/pg<j>`` and
-    ``lr/opt<i>/pg<j>`` when there are several (attrs ``optimizer`` and ``param_group``)."""
+    """One ``summary`` mark per optimizer param group: ``learning_rate``, or ``learning_rate/pg<j>`` and
+    ``learning_rate/opt<i>/pg<j>`` when there are several (attrs ``optimizer`` and ``param_group``)."""
     optimizers = list(getattr(trainer, "optimizers", ()) or ())
     groups = [(i, j, g) for i, opt in enumerate(optimizers) for j, g in enumerate(opt.param_groups)]
     for i, j, group in groups:
         if "lr" not in group:
             continue
         if len(groups) == 1:
-            name = "lr"
+            name = "learning_rate"
         elif len(optimizers) == 1:
-            name = f"lr/pg{j}"
+            name = f"learning_rate/pg{j}"
         else:
-            name = f"lr/opt{i}/pg{j}"
+            name = f"learning_rate/opt{i}/pg{j}"
         rec.mark(name, group["lr"], kind="summary", optimizer=i, param_group=j)
 
 
 def mark_throughput(
     rec: Any, batches: int, first_size: int | None, last_batch: Any, duration_ns: int
 ) -> None:
-    """``batches``, ``batch_size``, ``samples`` and ``samples_per_s`` of one training epoch.
+    """``batches``, ``batch_size``, ``samples`` and ``samples_per_second`` of one training epoch.
 
     Samples are ``(batches - 1) * first batch size + last batch size``: exact for a DataLoader
     whose last batch is the only short one.
@@ -91,7 +91,7 @@ def mark_throughput(
     rec.mark("batch_size", first_size, kind="summary")
     rec.mark("samples", samples, kind="summary")
     if duration_ns > 0:
-        rec.mark("samples_per_s", samples / (duration_ns / 1e9), kind="summary")
+        rec.mark("samples_per_second", samples / (duration_ns / 1e9), kind="summary")
 
 
 def mark_epoch_events(rec: Any, trainer: Any, checkpoints: list[tuple[int, int]]) -> None:

@@ -37,26 +37,49 @@ class CudaTiming:
         """CUDA is in use by this process (cheap; never initialises it)."""
         return bool(self._is_init())
 
-    def start(self) -> Any:
+    # These run inside the user's forward/step, so none of them may raise: during CUDA graph
+    # capture (or on any CUDA error) they record nothing and the span simply has no gpu_ns.
+    def _event(self) -> Any:
+        if torch.cuda.is_current_stream_capturing():
+            return None
         pool = self._pool
         ev = pool.pop() if pool else torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
         ev.record()
         return ev
 
-    def stop(self, start: Any) -> tuple[Any, Any]:
-        pool = self._pool
-        ev = pool.pop() if pool else torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
-        ev.record()
-        return (start, ev)
+    def start(self) -> Any:
+        try:
+            return self._event()
+        except Exception:
+            self.failed += 1
+            return None
 
-    @staticmethod
-    def reset_peak() -> None:
-        torch.cuda.reset_peak_memory_stats()
+    def stop(self, start: Any) -> tuple[Any, Any] | None:
+        if start is None:
+            return None
+        try:
+            end = self._event()
+        except Exception:
+            end = None
+        if end is None:
+            self.failed += 1
+            self._pool.append(start)
+            return None
+        return (start, end)
 
-    @staticmethod
-    def peak() -> int:
-        stats = torch._C._cuda_memoryStats(torch.cuda.current_device())
-        return int(stats["allocated_bytes"]["all"]["peak"])
+    def reset_peak(self) -> None:
+        try:
+            torch.cuda.reset_peak_memory_stats()
+        except Exception:
+            self.failed += 1
+
+    def peak(self) -> int:
+        try:
+            stats = torch._C._cuda_memoryStats(torch.cuda.current_device())
+            return int(stats["allocated_bytes"]["all"]["peak"])
+        except Exception:
+            self.failed += 1
+            return 0
 
     def resolve(self, raw: dict[str, Any], span: dict[str, Any]) -> None:
         """A sealer span resolver: runs on the flusher thread."""
