@@ -52,6 +52,12 @@ _WAKE_MASK = 0x3FFF
 
 _PLAIN: frozenset[type] = frozenset((float, int, str, bool))
 
+# _RECORDS_UNTRACKABLE: the garbage collector untracks a tuple only when it holds no object that
+# can be tracked, and any dict counts, even an empty one. Records therefore carry None (or, for
+# a batch's data_load_ns, a bare int) instead of an empty or trivial attrs dict: they then leave
+# the collector's books at its first young pass, instead of piling up in the oldest generation
+# and triggering full collections in the training loop (measured: ~15 ms each 20k marks).
+
 
 class Deferred:
     """A mark value or span attribute converted later, on the flusher thread.
@@ -221,7 +227,7 @@ class Scope:
                 self.index,
                 self.start,
                 end,
-                self.attrs,
+                self.attrs or None,  # never an empty dict: see _RECORDS_UNTRACKABLE
                 et,
                 n,
             )
@@ -253,7 +259,7 @@ class Scope:
                 self.index,
                 self.start,
                 end,
-                self.attrs,
+                self.attrs or None,
                 None,
                 next(tb.span_close_seq),
             )
@@ -444,12 +450,7 @@ class Recorder:
                 self.bad_value(name, value)
                 return
             value = coerced
-        if kind != "point" and kind != "summary":
-            self.bad_value(name, kind, what="kind")
-            return
-        if type(name) is not str:
-            self.bad_value(repr(name), name, what="name")
-            return
+        # A bad ``kind`` or a non-str name is caught (counted, warned once) at seal time.
         f = self.cur.get()
         n = next(tb.mark_seq)
         tb.marks.append(
@@ -460,7 +461,7 @@ class Recorder:
                 name,
                 value,
                 kind,
-                attrs,
+                attrs or None,  # never an empty dict: see _RECORDS_UNTRACKABLE
             )
         )
         if not n & _WAKE_MASK and n:
@@ -530,7 +531,7 @@ class Recorder:
                 index,
                 start_ns,
                 end_ns,
-                attrs if attrs is not None else {},
+                attrs or None,
                 None,
                 next(tb.span_close_seq),
             )
@@ -680,7 +681,11 @@ class Recorder:
                         cur.set(parent)
                     else:
                         self.unwind(s, c)
-                    spans.append((sid, parent_id, "batch", i, t0, end, attrs, None, next_close()))
+                    # Only data_load_ns? Record the bare int (see _RECORDS_UNTRACKABLE).
+                    rec_attrs = attrs if len(attrs) != 1 else attrs.get("data_load_ns", attrs)
+                    spans.append(
+                        (sid, parent_id, "batch", i, t0, end, rec_attrs, None, next_close())
+                    )
                 s = None
                 i += 1
         finally:

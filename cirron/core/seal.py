@@ -78,10 +78,15 @@ def _cap(s: str) -> str:
     return b[:STRING_CAP].decode("utf-8", "ignore")
 
 
-def clean_attrs(attrs: dict[str, Any] | None) -> dict[str, Any]:
-    """Make user attrs JSON-safe: non-finite floats → None, unknown objects → short strings."""
+def clean_attrs(attrs: dict[str, Any] | int | None) -> dict[str, Any]:
+    """Make user attrs JSON-safe: non-finite floats → None, unknown objects → short strings.
+
+    A bare int is a batch's only attribute, ``data_load_ns`` (see ``Recorder.batches``)."""
     if not attrs:
         return {}
+    if type(attrs) is int:
+        return {"data_load_ns": attrs}
+    assert isinstance(attrs, dict)
     out: dict[str, Any] = {}
     # list() copies in one C call, so an adapter adding an attribute to a still-open span on
     # another thread cannot change the dict under this loop.
@@ -178,6 +183,13 @@ class Sealer:
             if seq != last + 1:
                 self.drops.marks += seq - last - 1
             last = seq
+            if (kind != "point" and kind != "summary") or type(name) is not str:
+                # Checked here, not on the hot path; counted in the sealing thread's buffer.
+                if type(name) is str:
+                    self.rec.bad_value(name, kind, what="kind")
+                else:
+                    self.rec.bad_value(repr(name), name, what="name")
+                continue
             mid = format(tb.mark_id(seq, prefix), "032x")
             try:
                 vtype, v, non_finite = mark_value(value)
@@ -268,7 +280,7 @@ class Sealer:
         session = self.session_id()
         if session is not None:
             d["session_id"] = format(session, "032x")
-        if attrs:
+        if attrs and type(attrs) is dict:
             for resolve in self.span_resolvers:
                 resolve(attrs, d)
         return d
