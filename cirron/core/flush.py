@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from cirron.core.recorder import Recorder
 from cirron.core.seal import MAX_RECORDS_PER_BATCH, Sealer
-from cirron.core.spool import Spool, batch_file_name, encode_batch
+from cirron.core.spool import Spool, batch_file_name
 
 __all__ = ["BatchSink", "FlushStats", "Flusher"]
 
@@ -124,14 +124,15 @@ class Flusher:
 
     def _flush_locked(self) -> None:
         t0 = perf_counter_ns()
-        spans, marks, snaps = self.sealer.drain()
+        spans, marks, snaps, closed = self.sealer.drain()
+        provisional = 0
         if spans or marks or snaps:
             open_now = perf_counter_ns()
-            closed = {s["id"] for s in spans}
             for scope in list(self.rec.structural.values()):
-                if scope.tb is not None and format(scope.id, "032x") not in closed:
+                if scope.tb is not None and scope.id not in closed:
                     spans.append(self.sealer.provisional(scope, open_now))
-            self._emit(spans, marks, snaps)
+                    provisional += 1
+            self._emit(spans, marks, snaps, provisional)
         dt = perf_counter_ns() - t0
         st = self.stats
         st.flushes += 1
@@ -139,54 +140,61 @@ class Flusher:
         st.max_latency_ns = max(st.max_latency_ns, dt)
         st.last_flush_ns = time_ns()
 
-    def _emit(
-        self, spans: list[dict[str, Any]], marks: list[dict[str, Any]], snaps: list[dict[str, Any]]
-    ) -> None:
+    def _emit(self, spans: list[str], marks: list[str], snaps: list[str], provisional: int) -> None:
         # Snapshots first and marks before the spans that list them, so a batch never cites a
-        # blob or mark that only a later batch carries.
+        # blob or mark that only a later batch carries. Provisional spans come last.
         n = MAX_RECORDS_PER_BATCH
+        closed_left = len(spans) - provisional  # closed spans precede the provisional ones
         while spans or marks or snaps:
             take_snaps, snaps = snaps[:n], snaps[n:]
             room = n - len(take_snaps)
             take_marks, marks = marks[:room], marks[room:]
             room -= len(take_marks)
             take_spans, spans = (spans[:room], spans[room:]) if not marks else ([], spans)
-            self._write(take_spans, take_marks, take_snaps)
+            closed = min(len(take_spans), closed_left)
+            closed_left -= closed
+            self._write(take_spans, take_marks, take_snaps, closed)
 
-    def _write(
-        self, spans: list[dict[str, Any]], marks: list[dict[str, Any]], snaps: list[dict[str, Any]]
-    ) -> None:
+    def _write(self, spans: list[str], marks: list[str], snaps: list[str], real_spans: int) -> None:
         created = time_ns()
         batch_id = self.rec.new_batch_id()
-        batch = self.sealer.batch(batch_id, created, spans, marks, snaps)
+        text = self.sealer.batch_text(batch_id, created, spans, marks, snaps)
         path: Path | None = None
-        text: str | None = None
         if "spool" in self.outputs and self.spool is not None:
-            text = encode_batch(batch)
             path = self.spool.write(batch_file_name(created, batch_id), text)
             if path is None:
                 d = self.sealer.drops
                 d.spool_write_failures += 1
-                d.records_unwritten += (
-                    len(marks) + len(snaps) + sum(1 for sp in spans if not sp["attrs"].get("open"))
-                )
+                d.records_unwritten += len(marks) + len(snaps) + real_spans
         if "stdout" in self.outputs:
-            line = text if text is not None else encode_batch(batch)
             try:
-                sys.stdout.write(line + "\n")
+                sys.stdout.write(text + "\n")
                 sys.stdout.flush()
             except (OSError, ValueError):
                 pass
-        if "log" in self.outputs:
+        batch: dict[str, Any] | None = None
+        if "log" in self.outputs or self.memory is not None or self._sink_needs_records(path):
+            batch = json.loads(text)  # only the sinks that read records pay for dicts
+        if "log" in self.outputs and batch is not None:
             self._log(batch)
         self.stats.batches += 1
-        if self.memory is not None:
+        if self.memory is not None and batch is not None:
             self.memory.append(batch)
         if self.sink is not None:
+            if batch is None:
+                batch = {"batch_id": batch_id, "created_ns": created}
             try:
                 self.sink.on_batch(path, batch)
             except Exception as exc:
                 self.on_error("transport.on_batch", exc)
+
+    def _sink_needs_records(self, path: Path | None) -> bool:
+        """file_only needs nothing and http reads the file; the event stream (or http without
+        a spool file) needs the batch itself."""
+        name = getattr(self.sink, "name", None)
+        return self.sink is not None and (
+            name == "event_stream" or (path is None and name == "http")
+        )
 
     @staticmethod
     def _log(batch: dict[str, Any]) -> None:

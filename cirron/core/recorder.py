@@ -99,8 +99,10 @@ def _coerce_unusual(value: Any) -> Any:
         if not zero_d:
             return _BAD
         detach = getattr(value, "detach", None)
-        if detach is not None:  # torch: keep a detached reference, convert off-thread
-            return Deferred(detach(), _item)
+        if detach is not None:  # torch
+            if getattr(value, "is_cpu", False):
+                return value.item()  # reading a CPU tensor waits for no device: do it now
+            return Deferred(detach(), _item)  # on a device: keep a reference, convert later
         if hasattr(value, "item"):
             if type(value).__module__ == "numpy":  # numpy scalars are cheap: convert now
                 return value.item()

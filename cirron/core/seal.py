@@ -8,6 +8,8 @@ atomic ``deque.popleft``.
 
 from __future__ import annotations
 
+import json
+import json.encoder
 import math
 from collections import defaultdict
 from collections.abc import Callable
@@ -25,6 +27,31 @@ __all__ = ["Drops", "Sealer", "clean_attrs", "hex_id", "mark_value"]
 MARK_IDS_PER_SPAN = 4096
 # Cap on records in one batch file; a larger drain is written as several files.
 MAX_RECORDS_PER_BATCH = 20_000
+
+
+_estr = json.encoder.encode_basestring_ascii  # the C string encoder json.dumps itself uses
+_dumps_compact = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+
+
+def _dumps(obj: Any) -> str:
+    return _dumps_compact(obj)
+
+
+def _value_text(vtype: str, v: Any) -> str:
+    """A mark value as JSON text (non-finite floats were already turned into None)."""
+    if v is None:
+        return "null"
+    if vtype == "float":
+        return float.__repr__(v)  # not repr(): numpy scalars print as np.float64(...)
+    if vtype == "int":
+        return int.__repr__(v)
+    if vtype == "bool":
+        return "true" if v else "false"
+    return _estr(v)
+
+
+def _has_internal(attrs: dict[str, Any]) -> bool:
+    return any(type(k) is str and k.startswith("__") for k in list(attrs))
 
 
 def hex_id(n: int | None) -> str | None:
@@ -122,7 +149,7 @@ def _clean(v: Any, depth: int) -> Any:
 
 @dataclass
 class Sealer:
-    """Drains a :class:`Recorder` into schema-v1 batch dicts."""
+    """Drains a :class:`Recorder` into schema-v1 batch texts."""
 
     rec: Recorder
     rank: int = 0
@@ -134,34 +161,44 @@ class Sealer:
     span_resolvers: list[Callable[[dict[str, Any], dict[str, Any]], None]] = field(
         default_factory=list
     )
+    _names: dict[str, str] = field(default_factory=dict)  # name -> its JSON text
 
     def reset_after_fork(self) -> None:
         self._pending_mark_ids = defaultdict(list)
         self._truncated = defaultdict(int)
 
-    def drain(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
-        """Take every buffered record; return ``(spans, marks, snapshots)`` as JSON-ready dicts."""
+    def drain(self) -> tuple[list[str], list[str], list[str], set[int]]:
+        """Take every buffered record. Returns ``(spans, marks, snapshots, closed)``: each record
+        as a JSON object text, and the ids of the spans that closed.
+
+        Records go straight to JSON text (no dict per record on the common path): sealing runs
+        on the flusher thread but shares the GIL with the training loop, so its cost per record
+        is overhead the user pays.
+        """
         rec = self.rec
         buffers = list(rec.buffers)
-        marks: list[dict[str, Any]] = []
+        marks: list[str] = []
         for tb in buffers:
             self._drain_marks(tb, marks)
-        spans: list[dict[str, Any]] = []
+        spans: list[str] = []
+        closed: set[int] = set()
         for tb in buffers:
-            self._drain_spans(tb, spans)
+            self._drain_spans(tb, spans, closed)
             self.drops.scopes_depth += tb.depth_drops
             tb.depth_drops = 0
             self.drops.bad_mark_values += tb.bad_values
             tb.bad_values = 0
         self._forget_dead(buffers)
-        snaps: list[dict[str, Any]] = []
+        snaps: list[str] = []
         q = rec.snapshots
         while q:
             try:
-                snaps.append(q.popleft())
+                snaps.append(_dumps(q.popleft()))
             except IndexError:
                 break
-        return spans, marks, snaps
+        if len(self._names) > 4096:
+            self._names.clear()
+        return spans, marks, snaps, closed
 
     def _forget_dead(self, buffers: list[ThreadBuffer]) -> None:
         dead = [tb for tb in buffers if not tb.thread.is_alive() and not tb.marks and not tb.spans]
@@ -169,12 +206,21 @@ class Sealer:
             with self.rec._buffers_lock:
                 self.rec.buffers = [tb for tb in self.rec.buffers if tb not in dead]
 
-    def _drain_marks(self, tb: ThreadBuffer, out: list[dict[str, Any]]) -> None:
+    def _name(self, name: str) -> str:
+        enc = self._names.get(name)
+        if enc is None:
+            enc = self._names[name] = _estr(name)
+        return enc
+
+    def _drain_marks(self, tb: ThreadBuffer, out: list[str]) -> None:
         q = tb.marks
-        prefix = self.rec.prefix
         last = tb.last_mark_seq
         off = self.wall_offset
         pending = self._pending_mark_ids
+        truncated = self._truncated
+        base = tb.mark_id(0, self.rec.prefix)
+        span_text: dict[int, str] = {}
+        names = self._names
         while True:
             try:
                 seq, t, span, name, value, kind, attrs = q.popleft()
@@ -190,38 +236,92 @@ class Sealer:
                 else:
                     self.rec.bad_value(repr(name), name, what="name")
                 continue
-            mid = format(tb.mark_id(seq, prefix), "032x")
+            mid = "%032x" % (base + seq)
+            tv = type(value)
+            if (
+                attrs is None
+                and span is not None
+                and ((tv is float and value - value == 0.0) or tv is int or tv is str)
+            ):
+                # Fast path (most marks): a finite float, an int or a str, no attrs.
+                st = span_text.get(span)
+                if st is None:
+                    st = span_text[span] = '"%032x"' % span
+                ids = pending[span]
+                if len(ids) < MARK_IDS_PER_SPAN:
+                    ids.append(mid)
+                else:
+                    truncated[span] += 1
+                nm = names.get(name)
+                if nm is None:
+                    nm = names[name] = _estr(name)
+                if tv is float:
+                    vt, vtext = "float", float.__repr__(value)
+                elif tv is int:
+                    vt, vtext = "int", int.__repr__(value)
+                else:
+                    vt, vtext = "string", _estr(_cap(value))
+                out.append(
+                    '{"id":"%s","span_id":%s,"name":%s,"value_type":"%s","value":%s,"attrs":{},'
+                    '"ts_ns":%d,"kind":"%s"}' % (mid, st, nm, vt, vtext, t + off, kind)
+                )
+                continue
             try:
                 vtype, v, non_finite = mark_value(value)
             except Exception as exc:  # a deferred tensor that cannot be read
                 vtype, v, non_finite = "float", None, None
                 attrs = dict(attrs or {}, conversion_error=type(exc).__name__)
-            a = clean_attrs(attrs)
-            if non_finite:
-                a["non_finite"] = non_finite
+            if attrs or non_finite:
+                a = clean_attrs(attrs)
+                if non_finite:
+                    a["non_finite"] = non_finite
+                attrs_text = _dumps(a)
+            else:
+                attrs_text = "{}"
             if span is not None:
+                st = span_text.get(span)
+                if st is None:
+                    st = span_text[span] = '"%032x"' % span
                 ids = pending[span]
                 if len(ids) < MARK_IDS_PER_SPAN:
                     ids.append(mid)
                 else:
-                    self._truncated[span] += 1
+                    truncated[span] += 1
+            else:
+                st = '"root"'
             out.append(
-                {
-                    "id": mid,
-                    "span_id": format(span, "032x") if span is not None else "root",
-                    "name": name,
-                    "value_type": vtype,
-                    "value": v,
-                    "attrs": a,
-                    "ts_ns": t + off,
-                    "kind": kind,
-                }
+                '{"id":"%s","span_id":%s,"name":%s,"value_type":"%s","value":%s,"attrs":%s,'
+                '"ts_ns":%d,"kind":"%s"}'
+                % (
+                    mid,
+                    st,
+                    self._name(name),
+                    vtype,
+                    _value_text(vtype, v),
+                    attrs_text,
+                    t + off,
+                    kind,
+                )
             )
         tb.last_mark_seq = last
 
-    def _drain_spans(self, tb: ThreadBuffer, out: list[dict[str, Any]]) -> None:
+    def _drain_spans(self, tb: ThreadBuffer, out: list[str], closed: set[int]) -> None:
+        # Written for speed: most spans (forward, backward, data_load, batch) carry no attrs
+        # beyond a batch's data_load_ns, and take the inlined branch below.
         q = tb.spans
         last = tb.last_span_seq
+        tid = tb.thread_id
+        off = self.wall_offset
+        names = self._names
+        pending = self._pending_mark_ids
+        truncated = self._truncated
+        session = self.session_id()
+        head = (
+            ',"cpu_ns":null,"gpu_ns":null,"memory_peak_bytes":null,"thread_id":%d,"pid":%d,'
+            '"rank":%d,"attrs":' % (tid, self.rec.pid, self.rank)
+        )
+        tail = "}" if session is None else ',"session_id":"%032x"}' % session
+        parents: dict[Any, str] = {None: "null"}
         while True:
             try:
                 sid, parent, name, index, start, end, attrs, et, seq = q.popleft()
@@ -230,10 +330,91 @@ class Sealer:
             if seq != last + 1:
                 self.drops.spans += seq - last - 1
             last = seq
+            closed.add(sid)
+            if et is not None or not (attrs is None or type(attrs) is int) or sid in truncated:
+                out.append(self._span_text(sid, parent, name, index, start, end, attrs, et, tid))
+                continue
+            pt = parents.get(parent)
+            if pt is None:
+                pt = parents[parent] = '"%032x"' % parent
+            nm = names.get(name)
+            if nm is None:
+                nm = names[name] = _estr(name)
+            ids = pending.pop(sid, None)
             out.append(
-                self.span_dict(sid, parent, name, index, start, end, attrs, et, tb.thread_id)
+                '{"id":"%032x","name":%s,"parent_id":%s,"index":%s,"start_ns":%d,"end_ns":%d%s%s,'
+                '"mark_ids":[%s]%s'
+                % (
+                    sid,
+                    nm,
+                    pt,
+                    "null" if index is None else "%d" % index,
+                    start + off,
+                    (end if end > start else start) + off,
+                    head,
+                    "{}" if attrs is None else '{"data_load_ns":%d}' % attrs,
+                    ",".join(['"%s"' % i for i in ids]) if ids else "",
+                    tail,
+                )
             )
         tb.last_span_seq = last
+
+    def _span_text(
+        self,
+        sid: int,
+        parent: int | None,
+        name: str,
+        index: Any,
+        start: int,
+        end: int,
+        attrs: dict[str, Any] | int | None,
+        et: Any,
+        tid: int,
+    ) -> str:
+        off = self.wall_offset
+        gpu = mem = "null"
+        if attrs or et is not None or sid in self._truncated:
+            a = clean_attrs(attrs)
+            if et is not None:
+                a["exception"] = getattr(et, "__name__", str(et))
+            dropped = self._truncated.pop(sid, 0)
+            if dropped:
+                a["mark_ids_truncated"] = dropped
+            if self.span_resolvers and type(attrs) is dict and _has_internal(attrs):
+                d: dict[str, Any] = {"attrs": a, "gpu_ns": None, "memory_peak_bytes": None}
+                for resolve in self.span_resolvers:
+                    resolve(attrs, d)
+                a = d["attrs"]
+                if d["gpu_ns"] is not None:
+                    gpu = "%d" % d["gpu_ns"]
+                if d["memory_peak_bytes"] is not None:
+                    mem = "%d" % d["memory_peak_bytes"]
+            attrs_text = _dumps(a)
+        else:
+            attrs_text = "{}"
+        ids = self._pending_mark_ids.pop(sid, None)
+        session = self.session_id()
+        return (
+            '{"id":"%032x","name":%s,"parent_id":%s,"index":%s,"start_ns":%d,"end_ns":%d,'
+            '"cpu_ns":null,"gpu_ns":%s,"memory_peak_bytes":%s,"thread_id":%d,"pid":%d,'
+            '"rank":%d,"attrs":%s,"mark_ids":[%s]%s}'
+            % (
+                sid,
+                self._name(name),
+                "null" if parent is None else '"%032x"' % parent,
+                "%d" % index if type(index) is int else "null",
+                start + off,
+                max(end, start) + off,
+                gpu,
+                mem,
+                tid,
+                self.rec.pid,
+                self.rank,
+                attrs_text,
+                ",".join(['"%s"' % i for i in ids]) if ids else "",
+                "" if session is None else ',"session_id":"%032x"' % session,
+            )
+        )
 
     def span_dict(
         self,
@@ -249,6 +430,7 @@ class Sealer:
         *,
         provisional: bool = False,
     ) -> dict[str, Any]:
+        """One span as a dict (provisional records of still-open spans use this path)."""
         off = self.wall_offset
         a = clean_attrs(attrs)
         if et is not None:
@@ -285,39 +467,41 @@ class Sealer:
                 resolve(attrs, d)
         return d
 
-    def provisional(self, scope: Scope, now: int) -> dict[str, Any]:
+    def provisional(self, scope: Scope, now: int) -> str:
         """A still-open structural span as it stands now (superseded by its closing record)."""
         parent = scope.parent.id if scope.parent is not None else None
         if scope.name != "cirron.session" and parent is None:
             parent = self.rec.root_id
         tb = scope.tb
-        return self.span_dict(
-            scope.id,
-            parent,
-            scope.name,
-            scope.index,
-            scope.start,
-            now,
-            scope.attrs,
-            None,
-            tb.thread_id if tb else 0,
-            provisional=True,
+        return _dumps(
+            self.span_dict(
+                scope.id,
+                parent,
+                scope.name,
+                scope.index,
+                scope.start,
+                now,
+                scope.attrs,
+                None,
+                tb.thread_id if tb else 0,
+                provisional=True,
+            )
         )
 
-    def batch(
-        self,
-        batch_id: str,
-        created_ns: int,
-        spans: list[dict[str, Any]],
-        marks: list[dict[str, Any]],
-        snaps: list[dict[str, Any]],
-    ) -> dict[str, Any]:
-        return {
-            "schema_version": 1,
-            "sdk_version": __version__,
-            "batch_id": batch_id,
-            "created_ns": created_ns,
-            "spans": spans,
-            "marks": marks,
-            "snapshots": snaps,
-        }
+    @staticmethod
+    def batch_text(
+        batch_id: str, created_ns: int, spans: list[str], marks: list[str], snaps: list[str]
+    ) -> str:
+        """The whole batch as JSON text, assembled from the records' texts."""
+        return (
+            '{"schema_version":1,"sdk_version":%s,"batch_id":"%s","created_ns":%d,'
+            '"spans":[%s],"marks":[%s],"snapshots":[%s]}'
+            % (
+                _estr(__version__),
+                batch_id,
+                created_ns,
+                ",".join(spans),
+                ",".join(marks),
+                ",".join(snaps),
+            )
+        )

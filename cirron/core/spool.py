@@ -19,40 +19,17 @@ import json
 import os
 import re
 from collections import deque
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BATCH_NAME", "Spool", "SpoolStats", "batch_file_name", "encode_batch"]
+__all__ = ["BATCH_NAME", "Spool", "SpoolStats", "batch_file_name"]
 
 BATCH_NAME = re.compile(r"^(\d{20})-([0-9a-f]{32})\.json$")
-# Records per json.dumps call: keeps each C call (which holds the GIL) well under a millisecond.
-_CHUNK = 256
 
 
 def batch_file_name(created_ns: int, batch_id: str) -> str:
     return f"{created_ns:020d}-{batch_id}.json"
-
-
-def _dump_list(items: list[dict[str, Any]]) -> Iterator[str]:
-    for i in range(0, len(items), _CHUNK):
-        chunk = json.dumps(items[i : i + _CHUNK], separators=(",", ":"), allow_nan=False)
-        yield chunk[1:-1]
-
-
-def encode_batch(batch: dict[str, Any]) -> str:
-    """Serialise a batch in chunks, so the flusher never holds the GIL for long."""
-    head = json.dumps(
-        {k: v for k, v in batch.items() if k not in ("spans", "marks", "snapshots")},
-        separators=(",", ":"),
-    )
-    parts = [head[:-1]]
-    for key in ("spans", "marks", "snapshots"):
-        body = ",".join(c for c in _dump_list(batch[key]) if c)
-        parts.append(f',"{key}":[{body}]')
-    parts.append("}")
-    return "".join(parts)
 
 
 @dataclass
