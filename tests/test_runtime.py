@@ -590,3 +590,31 @@ def test_trace_of_a_session_that_recorded_nothing_is_empty_not_an_error() -> Non
     ci.profile(frameworks=[], output="none")
     assert ci.trace(format="dict") == {}
     assert isinstance(ci.trace(), str)
+
+
+def test_a_drain_takes_what_is_buffered_and_terminates_under_overload() -> None:
+    """A producer faster than the flusher must not make a drain run (and grow) forever."""
+    from collections import deque
+
+    from cirron.core.seal import Sealer
+
+    c = ci._get()
+    rec = c._rec
+    tb = rec.buffer()
+
+    class Refilling(deque):  # type: ignore[type-arg]
+        def popleft(self):  # type: ignore[no-untyped-def]
+            item = super().popleft()
+            self.append((item[0] + 10**9, *item[1:]))  # a new record for every one taken
+            return item
+
+    original, last = tb.marks, tb.last_mark_seq
+    tb.marks = Refilling(maxlen=65536)
+    try:
+        for i in range(1000):
+            tb.marks.append((i, 0, None, "m", float(i), "point", None))
+        tb.last_mark_seq = -1
+        _, marks, _, _ = Sealer(rec).drain()
+        assert len(marks) == 1000 and len(tb.marks) == 1000  # newcomers wait for the next drain
+    finally:
+        tb.marks, tb.last_mark_seq = original, last

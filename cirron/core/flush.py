@@ -158,14 +158,18 @@ class Flusher:
     def _write(self, spans: list[str], marks: list[str], snaps: list[str], real_spans: int) -> None:
         created = time_ns()
         batch_id = self.rec.new_batch_id()
-        text = self.sealer.batch_text(batch_id, created, spans, marks, snaps)
+        parts = self.sealer.batch_parts(batch_id, created, spans, marks, snaps)
         path: Path | None = None
         if "spool" in self.outputs and self.spool is not None:
-            path = self.spool.write(batch_file_name(created, batch_id), text)
+            path = self.spool.write(batch_file_name(created, batch_id), parts)
             if path is None:
                 d = self.sealer.drops
                 d.spool_write_failures += 1
                 d.records_unwritten += len(marks) + len(snaps) + real_spans
+        needs_dict = (
+            "log" in self.outputs or self.memory is not None or self._sink_needs_records(path)
+        )
+        text = "".join(parts) if "stdout" in self.outputs or needs_dict else ""
         if "stdout" in self.outputs:
             try:
                 sys.stdout.write(text + "\n")
@@ -173,7 +177,7 @@ class Flusher:
             except (OSError, ValueError):
                 pass
         batch: dict[str, Any] | None = None
-        if "log" in self.outputs or self.memory is not None or self._sink_needs_records(path):
+        if needs_dict:
             batch = json.loads(text)  # only the sinks that read records pay for dicts
         if "log" in self.outputs and batch is not None:
             self._log(batch)

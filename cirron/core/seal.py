@@ -221,7 +221,10 @@ class Sealer:
         base = tb.mark_id(0, self.rec.prefix)
         span_text: dict[int, str] = {}
         names = self._names
-        while True:
+        # Take what is buffered now, not what arrives meanwhile: under sustained overload a
+        # drain that chased the producer would never end and its output would grow without
+        # bound. Overload becomes counted drops (drop-oldest) instead.
+        for _ in range(len(q)):
             try:
                 seq, t, span, name, value, kind, attrs = q.popleft()
             except IndexError:
@@ -322,7 +325,7 @@ class Sealer:
         )
         tail = "}" if session is None else ',"session_id":"%032x"}' % session
         parents: dict[Any, str] = {None: "null"}
-        while True:
+        for _ in range(len(q)):  # what is buffered now (see _drain_marks)
             try:
                 sid, parent, name, index, start, end, attrs, et, seq = q.popleft()
             except IndexError:
@@ -489,19 +492,19 @@ class Sealer:
         )
 
     @staticmethod
-    def batch_text(
+    def batch_parts(
         batch_id: str, created_ns: int, spans: list[str], marks: list[str], snaps: list[str]
-    ) -> str:
-        """The whole batch as JSON text, assembled from the records' texts."""
-        return (
-            '{"schema_version":1,"sdk_version":%s,"batch_id":"%s","created_ns":%d,'
-            '"spans":[%s],"marks":[%s],"snapshots":[%s]}'
-            % (
-                _estr(__version__),
-                batch_id,
-                created_ns,
-                ",".join(spans),
-                ",".join(marks),
-                ",".join(snaps),
-            )
-        )
+    ) -> list[str]:
+        """The batch's JSON text as a list of pieces (records and separators): joined, they are
+        the batch; written piece by piece, no multi-megabyte string is ever built."""
+        parts = [
+            '{"schema_version":1,"sdk_version":%s,"batch_id":"%s","created_ns":%d,"spans":['
+            % (_estr(__version__), batch_id, created_ns)
+        ]
+        for records, closing in ((spans, '],"marks":['), (marks, '],"snapshots":['), (snaps, "]}")):
+            for k, record in enumerate(records):
+                if k:
+                    parts.append(",")
+                parts.append(record)
+            parts.append(closing)
+        return parts

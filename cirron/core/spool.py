@@ -19,6 +19,7 @@ import json
 import os
 import re
 from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,14 +84,22 @@ class Spool:
         self.stats.bytes = sum(size for _, size in entries)
         self._scanned = True
 
-    def write(self, name: str, text: str) -> Path | None:
-        """Atomically write one batch file; returns its path, or None if it could not be."""
-        data = text.encode("utf-8")
-        self._make_room(len(data))
+    def write(self, name: str, parts: Sequence[str]) -> Path | None:
+        """Atomically write one batch file from its JSON text in ``parts``; returns its path,
+        or None if it could not be written.
+
+        The parts are joined and written in pieces of at most :data:`PIECE` characters: a
+        batch is never one multi-megabyte string, whose repeated allocation fragments the C
+        heap (measured: RSS grew ~110 MB per million marks when batches were single strings).
+        The text is ASCII (every string went through an ASCII JSON encoder), so characters are
+        bytes.
+        """
+        size = sum(map(len, parts))
+        self._make_room(size)
         path = self.dir / name
         for attempt in (0, 1):
             try:
-                self._write_atomic(path, data)
+                self._write_atomic(path, _pieces(parts))
                 break
             except FileNotFoundError as exc:  # directory deleted under us: recreate once
                 if attempt:
@@ -100,22 +109,27 @@ class Spool:
             except OSError as exc:
                 self._fail(exc)
                 return None
-        self._files.append((name, len(data)))
+        self._files.append((name, size))
         self.stats.files += 1
-        self.stats.bytes += len(data)
+        self.stats.bytes += size
         return path
 
-    def _write_atomic(self, path: Path, data: bytes) -> None:
+    def _write_atomic(self, path: Path, chunks: Iterable[bytes]) -> None:
         # The writer's pid in the temp name: a sweep at start (another rank sharing this
         # directory, a restarted run) removes only what a dead process left behind.
-        tmp = path.with_name(f"{path.name[:-5]}.{os.getpid()}.json.tmp")
+        pid = os.getpid()
+        name = path.name
+        tmp = path.with_name(
+            f"{name[:-5]}.{pid}.json.tmp" if name.endswith(".json") else f"{name}.{pid}.tmp"
+        )
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             try:
-                view = memoryview(data)
-                while view:
-                    n = os.write(fd, view)
-                    view = view[n:]
+                for data in chunks:
+                    view = memoryview(data)
+                    while view:
+                        n = os.write(fd, view)
+                        view = view[n:]
             finally:
                 os.close(fd)
             os.replace(tmp, path)
@@ -163,7 +177,7 @@ class Spool:
         try:
             d.mkdir(parents=True, exist_ok=True)
             path = d / file_name
-            self._write_atomic(path, data)
+            self._write_atomic(path, (data,))
             return path
         except OSError as exc:
             self._fail(exc)
@@ -171,6 +185,23 @@ class Spool:
 
     def file_names(self) -> list[str]:
         return [name for name, _ in self._files]
+
+
+PIECE = 1 << 16
+
+
+def _pieces(parts: Sequence[str]) -> Iterator[bytes]:
+    """``parts`` joined into ASCII chunks of about :data:`PIECE` characters."""
+    group: list[str] = []
+    size = 0
+    for part in parts:
+        group.append(part)
+        size += len(part)
+        if size >= PIECE:
+            yield "".join(group).encode("ascii")
+            group, size = [], 0
+    if group:
+        yield "".join(group).encode("ascii")
 
 
 def _writer_alive(tmp_name: str) -> bool:
