@@ -50,6 +50,22 @@ def _value_text(vtype: str, v: Any) -> str:
     return _estr(v)
 
 
+def _mark_value_text(value: Any, attrs: dict[str, Any] | None) -> tuple[str, str, str]:
+    """``(value_type, value JSON, attrs JSON)`` of a mark off the fast path: deferred tensors,
+    strings, bools, non-finite floats, attributes."""
+    try:
+        vtype, v, non_finite = mark_value(value)
+    except Exception as exc:  # a deferred tensor that cannot be read
+        vtype, v, non_finite = "float", None, None
+        attrs = dict(attrs or {}, conversion_error=type(exc).__name__)
+    if attrs or non_finite:
+        a = clean_attrs(attrs)
+        if non_finite:
+            a["non_finite"] = non_finite
+        return vtype, _value_text(vtype, v), _dumps(a)
+    return vtype, _value_text(vtype, v), "{}"
+
+
 def _has_internal(attrs: dict[str, Any]) -> bool:
     return any(type(k) is str and k.startswith("__") for k in list(attrs))
 
@@ -240,71 +256,31 @@ class Sealer:
                     self.rec.bad_value(repr(name), name, what="name")
                 continue
             mid = "%032x" % (base + seq)
-            tv = type(value)
-            if (
-                attrs is None
-                and span is not None
-                and ((tv is float and value - value == 0.0) or tv is int or tv is str)
-            ):
-                # Fast path (most marks): a finite float, an int or a str, no attrs.
-                st = span_text.get(span)
-                if st is None:
-                    st = span_text[span] = '"%032x"' % span
-                ids = pending[span]
-                if len(ids) < MARK_IDS_PER_SPAN:
-                    ids.append(mid)
-                else:
-                    truncated[span] += 1
-                nm = names.get(name)
-                if nm is None:
-                    nm = names[name] = _estr(name)
-                if tv is float:
-                    vt, vtext = "float", float.__repr__(value)
-                elif tv is int:
-                    vt, vtext = "int", int.__repr__(value)
-                else:
-                    vt, vtext = "string", _estr(_cap(value))
-                out.append(
-                    '{"id":"%s","span_id":%s,"name":%s,"value_type":"%s","value":%s,"attrs":{},'
-                    '"ts_ns":%d,"kind":"%s"}' % (mid, st, nm, vt, vtext, t + off, kind)
-                )
-                continue
-            try:
-                vtype, v, non_finite = mark_value(value)
-            except Exception as exc:  # a deferred tensor that cannot be read
-                vtype, v, non_finite = "float", None, None
-                attrs = dict(attrs or {}, conversion_error=type(exc).__name__)
-            if attrs or non_finite:
-                a = clean_attrs(attrs)
-                if non_finite:
-                    a["non_finite"] = non_finite
-                attrs_text = _dumps(a)
-            else:
-                attrs_text = "{}"
-            if span is not None:
-                st = span_text.get(span)
-                if st is None:
-                    st = span_text[span] = '"%032x"' % span
-                ids = pending[span]
-                if len(ids) < MARK_IDS_PER_SPAN:
-                    ids.append(mid)
-                else:
-                    truncated[span] += 1
-            else:
+            if span is None:
                 st = '"root"'
+            else:
+                cached = span_text.get(span)
+                if cached is None:
+                    cached = span_text[span] = '"%032x"' % span
+                st = cached
+                ids = pending[span]
+                if len(ids) < MARK_IDS_PER_SPAN:
+                    ids.append(mid)
+                else:
+                    truncated[span] += 1
+            nm = names.get(name)
+            if nm is None:
+                nm = names[name] = _estr(name)
+            tv = type(value)
+            if attrs is None and tv is float and value - value == 0.0:  # most marks: fast path
+                vtype, vtext, attrs_text = "float", float.__repr__(value), "{}"
+            elif attrs is None and tv is int:
+                vtype, vtext, attrs_text = "int", int.__repr__(value), "{}"
+            else:
+                vtype, vtext, attrs_text = _mark_value_text(value, attrs)
             out.append(
                 '{"id":"%s","span_id":%s,"name":%s,"value_type":"%s","value":%s,"attrs":%s,'
-                '"ts_ns":%d,"kind":"%s"}'
-                % (
-                    mid,
-                    st,
-                    self._name(name),
-                    vtype,
-                    _value_text(vtype, v),
-                    attrs_text,
-                    t + off,
-                    kind,
-                )
+                '"ts_ns":%d,"kind":"%s"}' % (mid, st, nm, vtype, vtext, attrs_text, t + off, kind)
             )
         tb.last_mark_seq = last
 
