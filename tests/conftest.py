@@ -33,6 +33,8 @@ _NEEDS = {
     "test_wrap.py": ("onnxruntime", "sklearn"),
     "test_sklearn.py": ("sklearn",),
     "test_sklearn_checks.py": ("sklearn",),
+    "test_keras.py": ("keras", "tensorflow"),
+    "test_keras_torch.py": ("keras", "torch"),
 }
 _missing = {m for mods in _NEEDS.values() for m in mods if importlib.util.find_spec(m) is None}
 if _missing and os.environ.get("CIRRON_REQUIRE_ALL_FRAMEWORKS") == "1":

@@ -129,9 +129,8 @@ class ThreadBuffer:
         "mark_seq",
         "marks",
         "number",
-        "span_base",
         "span_close_seq",
-        "span_id_seq",
+        "span_ids",
         "spans",
         "thread",
         "thread_id",
@@ -142,10 +141,11 @@ class ThreadBuffer:
         self.spans: deque[tuple[Any, ...]] = deque(maxlen=SPAN_CAPACITY)
         self.mark_seq = itertools.count()
         self.span_close_seq = itertools.count()
-        self.span_id_seq = itertools.count(1)
+
         self.number = number
         # 128-bit ids: 64-bit per-process random prefix, then thread number and counter.
-        self.span_base = (prefix << 64) | (number << 40)
+        # Span ids count up from (prefix, thread number): next() gives the whole 128-bit id.
+        self.span_ids = itertools.count(((prefix << 64) | (number << 40)) + 1)
         self.thread = threading.current_thread()
         self.thread_id = threading.get_ident()
         self.last_mark_seq = -1
@@ -166,7 +166,7 @@ class Scope:
     """
 
     # ``rec`` is a class attribute: each Recorder makes a subclass bound to itself.
-    __slots__ = ("_r", "attrs", "depth", "id", "index", "name", "parent", "start", "tb")
+    __slots__ = ("attrs", "depth", "id", "index", "name", "parent", "start", "tb")
     rec: Recorder
 
     def __init__(self, name: str, /, index: int | None = None, **attrs: Any) -> None:
@@ -177,7 +177,7 @@ class Scope:
 
     # Hot path: written for speed, not for reading.
     def __enter__(self) -> Scope:
-        r = self._r = self.rec
+        r = self.rec
         try:
             tb = r.tls.tb
         except AttributeError:
@@ -200,7 +200,7 @@ class Scope:
                     )
                 return self
         self.parent = p
-        self.id = tb.span_base + next(tb.span_id_seq)
+        self.id = next(tb.span_ids)
         self.tb = tb
         cur.set(self)
         self.start = perf_counter_ns()
@@ -212,7 +212,7 @@ class Scope:
         if tb is None:
             return False
         self.tb = None
-        r = self._r
+        r = self.rec
         p = self.parent
         cur = r.cur
         c = cur.get()
@@ -234,7 +234,7 @@ class Scope:
                 n,
             )
         )
-        if not n & _WAKE_MASK and n:  # a burst of spans: seal before the buffer fills
+        if not n & _WAKE_MASK:  # a burst of spans: seal before the buffer fills
             r.wake()
         return False
 
@@ -244,7 +244,7 @@ class Scope:
         if tb is None:
             return
         self.tb = None
-        r = self._r
+        r = self.rec
         p = self.parent
         c = r.cur.get()
         if c is self:
@@ -459,7 +459,9 @@ class Recorder:
             (
                 n,
                 perf_counter_ns(),
-                f.id if f is not None and f.tb is not None else self._mark_target(f),
+                f.id
+                if f is not None and f.tb is not None
+                else (self.root_id if f is None else self._mark_target(f)),
                 name,
                 value,
                 kind,
@@ -524,7 +526,7 @@ class Recorder:
             tb = self.new_buffer()
         if parent is None:
             parent = self.live_parent(self.cur.get())
-        sid: int = tb.span_base + next(tb.span_id_seq)
+        sid: int = next(tb.span_ids)
         tb.spans.append(
             (
                 sid,
@@ -553,10 +555,9 @@ class Recorder:
             tb = self.tls.tb
         except AttributeError:
             tb = self.new_buffer()
-        s._r = self
         s.parent = None
         s.depth = 0
-        s.id = tb.span_base + next(tb.span_id_seq)
+        s.id = next(tb.span_ids)
         s.tb = tb
         s.start = perf_counter_ns()
         self.root_id = s.id
@@ -603,7 +604,7 @@ class Recorder:
             tb = self.tls.tb
         except AttributeError:
             tb = self.new_buffer()
-        return format(tb.span_base + next(tb.span_id_seq), "032x")
+        return format(next(tb.span_ids), "032x")
 
     def epochs(self, iterable: Iterable[T]) -> Iterator[T]:
         """Yield ``iterable``'s items, each inside an ``epoch`` span indexed from 0."""
@@ -644,27 +645,31 @@ class Recorder:
                     tb.depth_drops += 1
                     yield item
                 return
-            # Hot path: one iteration must stay well under a microsecond, so the span is built
-            # here directly instead of through Scope.__init__/__enter__/__exit__.
-            new = object.__new__
-            cls = self.Scope
+            # Hot path: one iteration must stay well under a microsecond. One span object
+            # serves the whole loop (a batch closes before the next opens), re-stamped with a
+            # new id each iteration; one clock read is both a batch's end and the next one's
+            # start; and while the innermost scope is still this object, the context variable
+            # is left alone between batches.
+            s = object.__new__(self.Scope)
+            s.name = "batch"
+            s.parent = parent
+            s.depth = depth
+            s.attrs = {}
             spans = tb.spans
-            next_id = tb.span_id_seq.__next__
+            next_id = tb.span_ids.__next__
             next_close = tb.span_close_seq.__next__
-            base = tb.span_base
             parent_id = parent.id if parent is not None else self.root_id
             i = 0
+            pushed = False
+            t0 = perf_counter_ns()
             while True:
-                s = new(cls)
-                s.name = "batch"
                 s.index = i
-                s.parent = parent
-                s.depth = depth
-                s._r = self
-                s.id = sid = base + next_id()
+                s.id = sid = next_id()
                 s.tb = tb
-                cur.set(s)
-                s.start = t0 = perf_counter_ns()
+                if not pushed:
+                    cur.set(s)
+                    pushed = True
+                s.start = t0
                 try:
                     item = next(it)
                 except StopIteration:  # the fetch found nothing: this batch never existed
@@ -678,17 +683,17 @@ class Recorder:
                 end = perf_counter_ns()
                 if s.tb is not None:
                     s.tb = None
-                    c = cur.get()
-                    if c is s:
-                        cur.set(parent)
-                    else:
-                        self.unwind(s, c)
+                    if cur.get() is not s:  # the body left scopes open, or reset the stack
+                        self.unwind(s, cur.get())
+                        pushed = False
                     # Only data_load_ns? Record the bare int (see _RECORDS_UNTRACKABLE).
                     rec_attrs = attrs if len(attrs) != 1 else attrs.get("data_load_ns", attrs)
                     spans.append(
                         (sid, parent_id, "batch", i, t0, end, rec_attrs, None, next_close())
                     )
-                s = None
+                else:  # closed from outside (out-of-order close): open the next one afresh
+                    pushed = False
+                t0 = end
                 i += 1
         finally:
             owners["batch"] -= 1
