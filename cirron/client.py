@@ -147,7 +147,10 @@ class Profiler:
             budget = budget if timeout is None else timeout
             deadline = monotonic() + budget
             if self.flusher is not None:
-                self.flusher.stop(timeout=min(budget, 1.0))
+                try:  # runs at exit and in signal handlers: a fault here is counted, not raised
+                    self.flusher.stop(timeout=min(budget, 1.0))
+                except Exception as exc:
+                    self._cirron._rec.internal_error("final flush", exc)
             if self.transport is not None:
                 try:
                     self.transport.close(max(0.0, deadline - monotonic()))
@@ -548,8 +551,11 @@ def _job_run_id() -> str:
     """
     import hashlib
 
+    global _exported_run_id
     env = os.environ
     rid = env.get("CIRRON_JOB_RUN_ID")
+    if rid and rid == _exported_run_id:
+        rid = None  # our own export from an earlier session of this process: a new run
     if not rid:
         seed = None
         if env.get("TORCHELASTIC_RUN_ID", "none") != "none":
@@ -571,5 +577,9 @@ def _job_run_id() -> str:
             )
             seed = f"{env['MASTER_ADDR']}:{env['MASTER_PORT']}:{env['WORLD_SIZE']}:{launcher}"
         rid = hashlib.sha256(seed.encode()).hexdigest()[:32] if seed else os.urandom(16).hex()
-        env["CIRRON_JOB_RUN_ID"] = rid
+        env["CIRRON_JOB_RUN_ID"] = _exported_run_id = rid
     return rid
+
+
+# The run id this process exported for processes it starts (see _job_run_id).
+_exported_run_id: str | None = None

@@ -618,3 +618,29 @@ def test_a_drain_takes_what_is_buffered_and_terminates_under_overload() -> None:
         assert len(marks) == 1000 and len(tb.marks) == 1000  # newcomers wait for the next drain
     finally:
         tb.marks, tb.last_mark_seq = original, last
+
+
+def test_sessions_in_one_process_get_their_own_run_id_and_children_inherit_it(
+    tmp_path: Path,
+) -> None:
+    from tests.helpers.run import run_py
+
+    code = """
+import json, os, subprocess, sys
+import cirron as ci
+ids = []
+for _ in range(2):
+    p = ci.profile(frameworks=[])
+    ids.append(p.session.attrs["run_id"])
+    child = subprocess.run([sys.executable, "-c",
+        "import cirron as ci; print(ci.profile(frameworks=[]).session.attrs['run_id'])"],
+        capture_output=True, text=True, check=True).stdout.strip()
+    ids.append(child)
+    ci.shutdown()
+print(json.dumps(ids))
+"""
+    r = run_py(code, tmp_path)
+    assert r.returncode == 0, r.stderr
+    first, first_child, second, second_child = json.loads(r.stdout.strip().splitlines()[-1])
+    assert first == first_child and second == second_child  # a child joins its parent's run
+    assert first != second  # a new session of the same process is a new run
