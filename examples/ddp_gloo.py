@@ -46,6 +46,9 @@ def train(rank: int, world_size: int, epochs: int) -> None:
             opt.step()
             ci.mark("loss", loss)
     ci.shutdown()
+    # Leave together: a rank that tears gloo down while its peer is still connected can make
+    # the peer abort (std::terminate in gloo's I/O thread).
+    dist.barrier()
     dist.destroy_process_group()
 
 
