@@ -594,3 +594,31 @@ def test_a_framework_owning_the_step_silences_the_child_hooks() -> None:
             rec.owners[k] -= 1
     data = read()
     assert shape(data, session(data)["id"]) == [["epoch", 0, [["batch", 0, []]]]]
+
+
+def test_peeking_at_one_batch_is_not_an_epoch() -> None:
+    """`next(iter(loader))` to look at a sample, before training: no epoch, just a data_load
+    under the session; the real epochs still count from 0."""
+    ci.profile()
+    torch.manual_seed(0)
+    model = nn.Linear(4, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    loader = DataLoader(TensorDataset(torch.randn(16, 4), torch.randn(16, 1)), batch_size=4)
+    x, _ = next(iter(loader))  # peek
+    assert x.shape == (4, 4)
+    for _ in range(2):
+        for x, y in loader:
+            loss = nn.functional.mse_loss(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    ci.shutdown()
+    spans = [s for b in load_batches(Path(".cirron")) for s in b["spans"]]
+    final = {s["id"]: s for s in spans if not s["attrs"].get("open")}
+    session = next(s for s in final.values() if s["name"] == "cirron.session")
+    epochs = sorted((s for s in final.values() if s["name"] == "epoch"), key=lambda s: s["index"])
+    assert [e["index"] for e in epochs] == [0, 1]
+    assert not any(e["attrs"].get("stopped_early") for e in epochs)
+    loads = [s for s in final.values() if s["name"] == "data_load"]
+    assert sum(1 for d in loads if d["parent_id"] == session["id"]) == 1  # the peek
+    assert len(loads) == 1 + 2 * 4

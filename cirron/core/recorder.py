@@ -310,6 +310,9 @@ class Recorder:
         # Structural spans (session, epochs) the flusher writes provisionally while open.
         self.structural: dict[int, Scope] = {}
         self.epoch_listeners: list[Callable[[Scope], None]] = []
+        # Run when an owner (a framework callback) takes levels: implicit structure the torch
+        # hooks opened meanwhile gives way at once (see ``claim``).
+        self.claim_listeners: list[Callable[[], None]] = []
         self.on_new_buffer: Callable[[], None] | None = None
         self.wake: Callable[[], None] = _noop
         # >0 while an explicit owner (ci.epochs/ci.batches, a framework callback) holds a level.
@@ -501,6 +504,24 @@ class Recorder:
         self.structural.pop(getattr(scope, "id", 0), None)
         if scope.name == "epoch" and hasattr(scope, "id"):
             self.fire_epoch_end(scope)
+
+    def claim(self, *levels: str) -> None:
+        """An owner takes ``levels`` (e.g. "epoch", "batch"): count it in :attr:`owners`, then
+        let the hooks close or drop what they opened implicitly, before the owner reads
+        :meth:`current`. Give the levels back with :meth:`release`."""
+        owners = self.owners
+        for level in levels:
+            owners[level] = owners.get(level, 0) + 1
+        for listener in list(self.claim_listeners):
+            try:
+                listener()
+            except Exception as exc:
+                self.internal_error("claim listener", exc)
+
+    def release(self, *levels: str) -> None:
+        owners = self.owners
+        for level in levels:
+            owners[level] = max(0, owners.get(level, 0) - 1)
 
     def fire_epoch_end(self, scope: Scope) -> None:
         for listener in list(self.epoch_listeners):

@@ -148,12 +148,14 @@ class CirronCallback(keras.callbacks.Callback):  # type: ignore[misc]
         return True
 
     def _own(self) -> None:
-        claim(self._rec.owners)
+        """Take the levels before reading the current scope: implicit torch structure (the
+        batch Keras fetched to build the model) gives way first."""
+        self._rec.claim(*OWNED_LEVELS)
         self._owned += 1
 
     def _release(self) -> None:
         if self._owned and self._rec is not None:
-            release(self._rec.owners)
+            self._rec.release(*OWNED_LEVELS)
             self._owned -= 1
 
     def _fault(self, where: str, exc: BaseException) -> None:
@@ -209,10 +211,10 @@ class CirronCallback(keras.callbacks.Callback):  # type: ignore[misc]
             self.abandon()
             if not self._start_run():
                 return
+            self._own()
             self._base = self._rec.current()
             self._facts = _data_facts()
             self._fit = True
-            self._own()
         except Exception as exc:
             self._fault("on_train_begin", exc)
 
@@ -280,8 +282,8 @@ class CirronCallback(keras.callbacks.Callback):  # type: ignore[misc]
             self.abandon()
             if not self._start_run():
                 return
-            self._base = self._rec.current()
             self._own()
+            self._base = self._rec.current()
             scope = self._open("test", None, self._base)
             self._eval = _Loop(scope, {"phase": "test"}, self.batch_marks, self.log_every_n_batches)
         except Exception as exc:
@@ -322,10 +324,11 @@ class CirronCallback(keras.callbacks.Callback):  # type: ignore[misc]
                 self.abandon()
             if not self._start_run():
                 return
+            if not self._fit:
+                self._own()
             base = self._rec.current()
             if not self._fit:
                 self._base = base
-                self._own()
             scope = self._open("predict", None, base)
             self._pred = _Loop(scope, {"phase": "predict"}, False, 1)  # logs hold outputs
         except Exception as exc:
@@ -452,17 +455,6 @@ class CirronCallback(keras.callbacks.Callback):  # type: ignore[misc]
 # "data_load": this callback records the gap between batches itself, so the torch DataLoader
 # hooks add no second data_load (the fetch runs before Keras' batch-begin hook).
 OWNED_LEVELS = ("epoch", "batch", "data_load")
-
-
-def claim(owners: dict[str, int]) -> None:
-    """Take the levels a Keras run owns; the torch hooks then only add children."""
-    for level in OWNED_LEVELS:
-        owners[level] = owners.get(level, 0) + 1
-
-
-def release(owners: dict[str, int]) -> None:
-    for level in OWNED_LEVELS:
-        owners[level] = max(0, owners.get(level, 0) - 1)
 
 
 def _pop_oldest(open_: dict[int, Any], batch: int) -> Any:

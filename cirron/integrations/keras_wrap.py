@@ -64,7 +64,7 @@ def wrap(cirron: Any, obj: Any) -> Any:
 def _injecting(
     model: Any, original: Callable[..., Any], callback: CirronCallback, rec: Any
 ) -> Callable[..., Any]:
-    from cirron.integrations.keras import claim, release
+    from cirron.integrations.keras import OWNED_LEVELS
 
     params = list(inspect.signature(original).parameters)
     position = params.index("callbacks") if "callbacks" in params else None
@@ -78,15 +78,14 @@ def _injecting(
             kwargs["callbacks"] = _with_callback(model, kwargs.get("callbacks"), callback)
         # Own epoch/batch from the call on: Keras fetches a first batch to build the model
         # before any callback hook runs, and the torch hooks must not make that an epoch.
-        owners = rec.owners
-        claim(owners)
+        rec.claim(*OWNED_LEVELS)
         try:
             return original(*args_l, **kwargs)
         except BaseException:
             callback.abandon()
             raise
         finally:
-            release(owners)
+            rec.release(*OWNED_LEVELS)
 
     return method
 

@@ -176,6 +176,9 @@ def _hook_session(h: Hooks) -> None:
     rec, p = h.rec, h.p
     rec.epoch_listeners.append(h.on_epoch_end)
     h.undo.append(lambda: _discard(rec.epoch_listeners, h.on_epoch_end))
+    if h.timing:
+        rec.claim_listeners.append(h.on_claim)
+        h.undo.append(lambda: _discard(rec.claim_listeners, h.on_claim))
     cuda, sealer = h.cuda, p.sealer
     if cuda is not None and sealer is not None:
         sealer.span_resolvers.append(cuda.resolve)

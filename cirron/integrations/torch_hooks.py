@@ -28,7 +28,19 @@ _WAKE_MASK = 4095  # wake the flusher every 4096 batches so span buffers never f
 class _Pass:
     """One pass over a DataLoader (one ``iter(loader)``)."""
 
-    __slots__ = ("batch", "battrs", "gpu", "loader", "mode", "n", "outer", "start", "thread")
+    __slots__ = (
+        "backwards0",
+        "batch",
+        "battrs",
+        "dl",
+        "gpu",
+        "loader",
+        "mode",
+        "n",
+        "outer",
+        "start",
+        "thread",
+    )
 
     def __init__(self, loader: Any, start: int) -> None:
         self.loader = loader  # strong: `for x in DataLoader(...)` keeps no other reference
@@ -40,6 +52,8 @@ class _Pass:
         self.battrs: dict[str, Any] = {}
         self.gpu: Any = None
         self.thread = threading.get_ident()
+        self.dl: tuple[int, int] | None = None  # the open batch's fetch, recorded at its close
+        self.backwards0 = 0  # Hooks.backwards when the pass's epoch opened
 
 
 class Hooks:
@@ -59,6 +73,7 @@ class Hooks:
         self.ot0 = 0
         self.ogpu: Any = None
         self.in_backward = False
+        self.backwards = 0  # backward passes seen (a pass that saw none may be dropped)
         self.train_loader: weakref.ref[Any] | None = None
         self.epoch_pass: _Pass | None = None
         self.epoch_n = 0
@@ -127,6 +142,7 @@ class Hooks:
             if not self.live or self.in_backward or self.owners.get("step"):
                 return orig(*args, **kwargs)
             self.in_backward = True
+            self.backwards += 1
             cuda = self.cuda
             g = cuda.start() if cuda is not None and cuda.on() else None
             t0 = perf_counter_ns()
@@ -219,7 +235,11 @@ class Hooks:
             if cuda is not None and cuda.on():
                 p.gpu = cuda.start()
                 cuda.reset_peak()
-            self.rec.span("data_load", t0, t1, parent=s)
+            p.dl = (t0, t1)  # recorded when the batch closes (see _close_batch, _drop_pass)
+            if n == 2:
+                outer = p.outer
+                if outer is not None and outer.open:
+                    self.rec.structural[outer.id] = outer  # a real epoch: crash-safe from now
             if not n & _WAKE_MASK:
                 self.rec.wake()
         except Exception as exc:
@@ -244,12 +264,15 @@ class Hooks:
                 prev = self.epoch_pass
                 if prev is not None:
                     self.finish_pass(prev, perf_counter_ns(), early=True)
-                ep = self.rec.open("epoch", self.epoch_n, structural=True)
+                # Not structural (provisionally written, closed at exit) until it proves to be
+                # an epoch: a second batch (see next()) or its close.
+                ep = self.rec.open("epoch", self.epoch_n)
                 ep.start = min(p.start, ep.start)
                 self.epoch_n += 1
                 self.epoch_peak = 0
                 self.sample_amp = True
                 p.outer = ep
+                p.backwards0 = self.backwards
                 self.epoch_pass = p
         else:
             p.mode = _EVAL
@@ -269,6 +292,10 @@ class Hooks:
         return current is not None and current is loader
 
     def _close_batch(self, p: _Pass, b: Any, end: int) -> None:
+        dl = p.dl
+        if dl is not None:
+            p.dl = None
+            self.rec.span("data_load", dl[0], dl[1], parent=b)
         g = p.gpu
         if g is not None:
             p.gpu = None
@@ -283,6 +310,9 @@ class Hooks:
     def finish_pass(self, p: _Pass, end: int, *, early: bool = False) -> None:
         """Close what a pass opened: its open batch, then its epoch or validation span."""
         try:
+            if early and self._trivial(p):
+                self._drop_pass(p)
+                return
             b = p.batch
             if b is not None:
                 p.batch = None
@@ -299,6 +329,49 @@ class Hooks:
                 self.rec.close(outer, end)
         except Exception as exc:
             self.fault("closing a DataLoader pass", exc)
+
+    # -- an owner takes over ------------------------------------------------------------------------
+    def on_claim(self) -> None:
+        """A framework callback just took the epoch/batch levels (``rec.claim``). A training
+        pass whose epoch holds only one fetch and no backward (Keras fetching a batch to build
+        the model before any callback hook) was no epoch: drop it, keeping its fetch as a
+        ``data_load`` under the session. A real epoch in progress is closed instead. Either
+        way, the pass's next fetch decides again under the new owner."""
+        p = self.epoch_pass
+        if p is None or p.mode != _TRAIN:
+            return
+        self.finish_pass(p, perf_counter_ns(), early=True)
+        p.mode = 0
+
+    def _trivial(self, p: _Pass) -> bool:
+        """A training pass abandoned after at most one fetch with no backward pass (a model
+        built from one batch, ``next(iter(loader))`` to look at a sample): not an epoch."""
+        outer = p.outer
+        return (
+            outer is not None
+            and outer.name == "epoch"
+            and p.n <= 1
+            and self.backwards == p.backwards0
+        )
+
+    def _drop_pass(self, p: _Pass) -> None:
+        rec = self.rec
+        b, outer = p.batch, p.outer
+        p.batch = p.outer = p.gpu = None
+        if self.epoch_pass is p:
+            self.epoch_pass = None
+        for s in (b, outer):
+            if s is not None and s.open:
+                s.tb = None  # never recorded
+                rec.structural.pop(s.id, None)
+                if rec.cur.get() is s:
+                    rec.cur.set(s.parent)
+        if outer is not None and outer.name == "epoch":
+            self.epoch_n -= 1
+        dl = p.dl
+        if dl is not None:
+            p.dl = None
+            rec.span("data_load", dl[0], dl[1], parent=rec.current())
 
     # -- snapshots and session ------------------------------------------------------------------
     def on_epoch_end(self, scope: Any) -> None:
