@@ -132,12 +132,10 @@ class CallbackHooks:
             p = c.profile(snapshots=mode)
         rec = self._rec = c._rec
         self._reset()
-        owners = self._owners = rec.owners
-        owners["epoch"] += 1
-        owners["batch"] += 1
         # "step": this callback times data_load/forward/backward/optimizer_step itself, so the
         # torch hooks record none of them (ci.batches owns batches but wants those children).
-        owners["step"] = owners.get("step", 0) + 1
+        rec.claim("epoch", "batch", "step")
+        self._owners = rec.owners  # released at teardown (the very dict, even after a reset)
         self._stamp_rank(trainer, p)
         if self._snapshots is not False and pl_module is not None:
             try:
