@@ -135,8 +135,8 @@ class CirronSession:
     # -- recorded calls ----------------------------------------------------------------------------
     def run(self, output_names: Any, input_feed: Any, run_options: Any = None) -> Any:
         """``InferenceSession.run`` inside an ``inference`` span."""
-        # Hot path: written for speed (budget: 5 µs over a bare run). The attrs dict is built
-        # as a literal (no **kwargs) and dtypes are named on the flusher thread.
+        # Hot path: written for speed (budget: 5 µs over a bare run). Shapes and dtypes are
+        # collected raw; dtypes are named on the flusher thread.
         rec = self._recorder()
         if rec is None:
             return self.session.run(output_names, input_feed, run_options)
@@ -148,28 +148,16 @@ class CirronSession:
                 dtypes.append(a.dtype)
         except AttributeError:  # lists and other array-likes: described off the fast path
             shapes, dtypes = _describe_arraylikes(input_feed)
-        s = rec.Scope("inference")
-        first = shapes[0] if shapes else None
-        # ``__onnx`` is raw (never written as is): the seal-time resolver turns it into the
-        # ``inputs`` / ``shapes`` / ``dtypes`` attributes, cached per input signature.
-        s.attrs = {
-            "batch_size": first[0] if first else None,
-            "provider": self._provider,
-            "model": self._model,
-            "raised": False,
-            "__onnx": (tuple(input_feed), shapes, dtypes),
-        }
-        s.__enter__()
-        try:
-            t0 = perf_counter_ns()
-            out = self.session.run(output_names, input_feed, run_options)
-            t1 = perf_counter_ns()
-        except BaseException as exc:
-            self._failed(s, exc)
-            raise
-        s.__exit__(None, None, None)
-        self.stats.add(t1 - t0)
-        return out
+        return self._timed(
+            rec,
+            self.session.run,
+            output_names,
+            input_feed,
+            run_options,
+            tuple(input_feed),
+            shapes,
+            dtypes,
+        )
 
     def run_with_ort_values(
         self, output_names: Any, input_dict_ort_values: Any, run_options: Any = None
@@ -217,6 +205,9 @@ class CirronSession:
     ) -> Any:
         s = rec.Scope("inference")
         first = shapes[0] if shapes else None
+        # The attrs dict is built as a literal (no **kwargs). ``__onnx`` is raw (never written
+        # as is): the seal-time resolver turns it into the ``inputs`` / ``shapes`` / ``dtypes``
+        # attributes, cached per input signature.
         s.attrs = {
             "batch_size": first[0] if first else None,
             "provider": self._provider,
