@@ -67,6 +67,31 @@ class RawStats:
     var: float | None = None
     attrs: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def empty(
+        cls,
+        name: str,
+        shape: tuple[int, ...],
+        dtype: str,
+        numel: int,
+        non_finite: int = 0,
+        attrs: dict[str, Any] | None = None,
+    ) -> RawStats:
+        """A tensor with no finite value (or no value at all): null moments, empty histogram."""
+        return cls(
+            name,
+            shape,
+            dtype,
+            numel,
+            non_finite,
+            0.0,
+            0.0,
+            None,
+            None,
+            [0] * BINS,
+            attrs=dict(attrs or {}),
+        )
+
 
 def hist_range(mn: float, mx: float) -> tuple[float, float]:
     """The histogram's outer edges: ``[min, max]``, widened by 0.5 each way when they are

@@ -153,19 +153,7 @@ def numpy_stats(name: str, arr: np.ndarray, attrs: dict[str, Any] | None = None)
     shape = tuple(int(d) for d in np.shape(arr))
     dtype = str(np.asarray(arr).dtype)
     if x.size == 0:
-        return RawStats(
-            name,
-            shape,
-            dtype,
-            numel,
-            non_finite,
-            0.0,
-            0.0,
-            None,
-            None,
-            [0] * BINS,
-            attrs=dict(attrs or {}),
-        )
+        return RawStats.empty(name, shape, dtype, numel, non_finite, attrs)
     total = float(np.add.reduce(x, dtype=np.float64))
     mean = total / x.size
     d = x.astype(np.float64) - mean

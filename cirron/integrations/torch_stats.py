@@ -57,18 +57,7 @@ def _flat(t: torch.Tensor) -> torch.Tensor:
 
 
 def _empty(name: str, t: torch.Tensor, non_finite: int = 0) -> RawStats:
-    return RawStats(
-        name,
-        tuple(t.shape),
-        _dtype_name(t),
-        t.numel(),
-        non_finite,
-        0.0,
-        0.0,
-        None,
-        None,
-        [0] * BINS,
-    )
+    return RawStats.empty(name, tuple(t.shape), _dtype_name(t), t.numel(), non_finite)
 
 
 # -- CPU: a few vectorised passes per tensor ------------------------------------------------------
