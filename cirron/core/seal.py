@@ -20,7 +20,7 @@ from typing import Any
 from cirron._version import __version__
 from cirron.core.recorder import STRING_CAP, Deferred, Recorder, Scope, ThreadBuffer
 
-__all__ = ["Drops", "Sealer", "clean_attrs", "hex_id", "mark_value"]
+__all__ = ["Drops", "Sealer", "clean_attrs", "mark_value"]
 
 # Cap on mark ids listed on one span (a session can collect millions of marks). Marks always
 # name their span, so nothing is lost: ``mark_ids_truncated`` says how many were left out.
@@ -68,10 +68,6 @@ def _mark_value_text(value: Any, attrs: dict[str, Any] | None) -> tuple[str, str
 
 def _has_internal(attrs: dict[str, Any]) -> bool:
     return any(type(k) is str and k.startswith("__") for k in list(attrs))
-
-
-def hex_id(n: int | None) -> str | None:
-    return None if n is None else format(n, "032x")
 
 
 @dataclass

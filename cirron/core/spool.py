@@ -15,14 +15,12 @@ reported through the returned status, never raised.
 from __future__ import annotations
 
 import errno
-import json
 import os
 import re
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 __all__ = ["BATCH_NAME", "Spool", "SpoolStats", "batch_file_name"]
 
@@ -183,9 +181,6 @@ class Spool:
             self._fail(exc)
             return None
 
-    def file_names(self) -> list[str]:
-        return [name for name, _ in self._files]
-
 
 PIECE = 1 << 16
 
@@ -220,9 +215,3 @@ def _writer_alive(tmp_name: str) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def read_batch(path: Path) -> dict[str, Any]:
-    with open(path, encoding="utf-8") as f:
-        data: dict[str, Any] = json.load(f)
-    return data
