@@ -30,41 +30,33 @@ FRAMEWORKS = (
 )
 
 
-def test_import_cirron_imports_no_framework_and_no_heavy_dependency(tmp_path: Path) -> None:
-    code = (
-        "import sys, json, cirron as ci\n"
-        "ci.mark('x', 1)\n"
-        "with ci.scope('s'):\n    pass\n"
-        f"print(json.dumps([m for m in {FRAMEWORKS!r} if m in sys.modules]))\n"
-    )
+def imported_after(code: str, modules: tuple[str, ...], cwd: Path) -> list[str]:
+    """Which of ``modules`` a fresh interpreter has imported after running ``code``."""
+    probe = f"{code}\nimport sys, json\nprint(json.dumps([m for m in {modules!r} if m in sys.modules]))\n"
     out = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=tmp_path,
+        [sys.executable, "-c", probe],
+        cwd=cwd,
         env=child_env(),
         capture_output=True,
         text=True,
         check=True,
     ).stdout
-    assert json.loads(out) == []
+    result: list[str] = json.loads(out)
+    return result
+
+
+def test_import_cirron_imports_no_framework_and_no_heavy_dependency(tmp_path: Path) -> None:
+    code = "import cirron as ci\nci.mark('x', 1)\nwith ci.scope('s'):\n    pass"
+    assert imported_after(code, FRAMEWORKS, tmp_path) == []
 
 
 def test_profile_with_nothing_imported_still_imports_no_framework(tmp_path: Path) -> None:
     code = (
-        "import sys, json, cirron as ci\n"
-        "ci.profile()\n"
+        "import cirron as ci\nci.profile()\n"
         "for _ in ci.epochs(range(2)):\n    ci.mark('x', 1)\n"
-        "ci.shutdown()\n"
-        f"print(json.dumps([m for m in {FRAMEWORKS[:9]!r} if m in sys.modules]))\n"
+        "ci.shutdown()"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=tmp_path,
-        env=child_env(),
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    assert json.loads(out) == []
+    assert imported_after(code, FRAMEWORKS[:9], tmp_path) == []
 
 
 def test_public_names_are_pinned() -> None:
