@@ -221,6 +221,48 @@ def test_forward_is_the_outermost_call_even_without_watch() -> None:
     assert shape(data, session(data)["id"]) == bare_tree(1, 3)
 
 
+def test_a_forward_that_raises_does_not_stop_later_forwards_being_timed() -> None:
+    ci.profile()
+    model, opt, loader = tiny()
+    ci.watch(model)
+    for i, (x, y) in enumerate(loader):
+        if i == 1:
+            with pytest.raises(RuntimeError):
+                model(torch.randn(4, 3))  # wrong width: the forward raises inside the model
+        step(model, opt, x, y)
+    data = read()
+    expected = bare_tree(1, 3)
+    retried = [[c, None, []] for c in ["data_load", "forward", *CHILDREN[1:]]]
+    expected[0][2][1] = ["batch", 1, retried]  # the failed forward, then the one that ran
+    assert shape(data, session(data)["id"]) == expected
+
+
+def test_scopes_in_the_step_nest_under_their_batch_and_one_left_open_is_closed_by_it() -> None:
+    ci.profile()
+    model, opt, loader = tiny()
+    for i, (x, y) in enumerate(loader):
+        with ci.scope("augment", index=i):
+            ci.mark("seen", i)
+        if i == 0:
+            ci.scope("leaked").__enter__()  # never exited: the batch's close closes it
+        step(model, opt, x, y)
+    data = read()
+    batches = {s["index"]: s for s in data.spans.values() if s["name"] == "batch"}
+    assert sorted(batches) == [0, 1, 2]
+    for s in data.spans.values():
+        if s["name"] == "augment":
+            assert s["parent_id"] == batches[s["index"]]["id"]
+    leaked = [s for s in data.spans.values() if s["name"] == "leaked"]
+    assert len(leaked) == 1 and leaked[0]["attrs"]["closed_by_parent"] is True
+    assert leaked[0]["parent_id"] == batches[0]["id"]
+    seen = {
+        m["value"]: data.spans[m["span_id"]] for m in data.marks.values() if m["name"] == "seen"
+    }
+    assert {v: s["name"] for v, s in seen.items()} == {0: "augment", 1: "augment", 2: "augment"}
+    # a later batch holds its own children and the scope opened in it
+    assert sorted(c["name"] for c in kids(data, batches[1]["id"])) == sorted([*CHILDREN, "augment"])
+
+
 # -- snapshots -----------------------------------------------------------------------------------
 
 

@@ -90,6 +90,10 @@ def _coerce_unusual(value: Any) -> Any:
     Returns a plain value, a :class:`Deferred`, or ``_BAD`` for values cirron does not record.
     Cheap checks only: no framework is imported and no device is touched.
     """
+    if type(value) in _TORCH_TENSORS:  # a loss per step: the common case, checked first
+        if not value.ndim:
+            return value.item() if value.is_cpu else Deferred(value.detach(), _item)
+        return _BAD
     shape = getattr(value, "shape", None)
     if shape is not None:
         try:
@@ -100,6 +104,8 @@ def _coerce_unusual(value: Any) -> Any:
             return _BAD
         detach = getattr(value, "detach", None)
         if detach is not None:  # torch
+            if type(value).__module__ == "torch" and hasattr(value, "is_cpu"):
+                _TORCH_TENSORS.add(type(value))  # torch.Tensor / Parameter: no subclasses
             if getattr(value, "is_cpu", False):
                 return value.item()  # reading a CPU tensor waits for no device: do it now
             return Deferred(detach(), _item)  # on a device: keep a reference, convert later
@@ -116,6 +122,7 @@ def _coerce_unusual(value: Any) -> Any:
 
 
 _BAD = object()
+_TORCH_TENSORS: set[type] = set()  # torch's own tensor classes, learnt from the first mark
 
 
 class ThreadBuffer:
@@ -449,12 +456,16 @@ class Recorder:
             tb = self.tls.tb
         except AttributeError:
             tb = self.new_buffer()
-        if type(value) not in _PLAIN:
-            coerced = _coerce_unusual(value)
-            if coerced is _BAD:
-                self.bad_value(name, value)
-                return
-            value = coerced
+        tv = type(value)
+        if tv not in _PLAIN:
+            if tv in _TORCH_TENSORS and value.is_cpu and not value.ndim:
+                value = value.item()  # reading a CPU tensor waits for no device
+            else:
+                coerced = _coerce_unusual(value)
+                if coerced is _BAD:
+                    self.bad_value(name, value)
+                    return
+                value = coerced
         # A bad ``kind`` or a non-str name is caught (counted, warned once) at seal time.
         f = self.cur.get()
         n = next(tb.mark_seq)
@@ -562,6 +573,35 @@ class Recorder:
             )
         )
         return sid
+
+    def child(self, name: str, start_ns: int, end_ns: int, attrs: dict[str, Any] | None) -> None:
+        """:meth:`span` under the innermost open scope, positional and lean: the framework
+        hooks call it a few times per training step."""
+        try:
+            tb = self.tls.tb
+        except AttributeError:
+            tb = self.new_buffer()
+        f = self.cur.get()
+        if f is None:
+            pid = self.root_id
+        elif f.tb is not None:
+            pid = f.id
+        else:
+            f = self.live_parent(f)
+            pid = f.id if f is not None else self.root_id
+        tb.spans.append(
+            (
+                next(tb.span_ids),
+                pid,
+                name,
+                None,
+                start_ns,
+                end_ns,
+                attrs,
+                None,
+                next(tb.span_close_seq),
+            )
+        )
 
     def new_batch_id(self) -> str:
         """A random 32-hex batch id (UUID4-sized; flusher thread only)."""

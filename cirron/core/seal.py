@@ -297,6 +297,9 @@ class Sealer:
         )
         tail = "}" if session is None else ',"session_id":"%032x"}' % session
         parents: dict[Any, str] = {None: "null"}
+        child = '{"id":"%032x","name":%s,"parent_id":"%032x","index":null,"start_ns":%d,"end_ns":%d'
+        child_tail = head + '{},"mark_ids":[]' + tail
+        new_id = self.rec.buffer().span_ids.__next__  # ids for unpacked children
         for _ in range(len(q)):  # what is buffered now (see _drain_marks)
             try:
                 sid, parent, name, index, start, end, attrs, et, seq = q.popleft()
@@ -306,6 +309,32 @@ class Sealer:
                 self.drops.spans += seq - last - 1
             last = seq
             closed.add(sid)
+            if type(et) is tuple:
+                # A batch with its timed children packed in by the torch hooks: (data_load end,
+                # forward start, end, backward start, end, optimizer_step start, end), -1 where
+                # a child did not happen. data_load starts with the batch.
+                dl, f0, f1, b0, b1, o0, o1 = et
+                et = None
+                if dl >= 0:
+                    out.append(
+                        child % (new_id(), '"data_load"', sid, start + off, max(dl, start) + off)
+                        + child_tail
+                    )
+                if f1 >= 0:
+                    out.append(
+                        child % (new_id(), '"forward"', sid, f0 + off, max(f1, f0) + off)
+                        + child_tail
+                    )
+                if b1 >= 0:
+                    out.append(
+                        child % (new_id(), '"backward"', sid, b0 + off, max(b1, b0) + off)
+                        + child_tail
+                    )
+                if o1 >= 0:
+                    out.append(
+                        child % (new_id(), '"optimizer_step"', sid, o0 + off, max(o1, o0) + off)
+                        + child_tail
+                    )
             if et is not None or not (attrs is None or type(attrs) is int) or sid in truncated:
                 out.append(self._span_text(sid, parent, name, index, start, end, attrs, et, tid))
                 continue

@@ -99,13 +99,8 @@ def _patch_dataloader(h: Hooks) -> None:
                 h.fault("DataLoader.__iter__", exc)
         return it
 
-    def __next__(self: Any) -> Any:
-        if not h.live:
-            return orig_next(self)
-        return h.next(self, orig_next)
-
+    __next__ = h.patched_next(orig_next)
     __iter__.__wrapped__ = orig_iter  # type: ignore[attr-defined]
-    __next__.__wrapped__ = orig_next  # type: ignore[attr-defined]
     cls.__iter__ = __iter__  # type: ignore[method-assign]
     it_cls.__next__ = __next__  # type: ignore[method-assign]
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from cirron.core.recorder import MAX_DEPTH, Scope
 from cirron.core.snapshots import SnapshotWriter
 from cirron.integrations.torch_cuda import CudaTiming
 from cirron.integrations.torch_watch import Watched
@@ -26,14 +27,22 @@ _WAKE_MASK = 4095  # wake the flusher every 4096 batches so span buffers never f
 
 
 class _Pass:
-    """One pass over a DataLoader (one ``iter(loader)``)."""
+    """One pass over a DataLoader (one ``iter(loader)``).
+
+    One ``batch`` span object serves the whole pass (a batch closes before the next opens),
+    re-stamped with a new id per batch, as :meth:`cirron.core.recorder.Recorder.batches` does:
+    no object, no dict and no context-variable write per batch on the common path.
+    """
 
     __slots__ = (
         "backwards0",
         "batch",
         "battrs",
-        "dl",
+        "bs",
+        "f0",
+        "f1",
         "gpu",
+        "hooks",
         "loader",
         "mode",
         "n",
@@ -42,17 +51,20 @@ class _Pass:
         "thread",
     )
 
-    def __init__(self, loader: Any, start: int) -> None:
+    def __init__(self, loader: Any, start: int, hooks: Hooks) -> None:
         self.loader = loader  # strong: `for x in DataLoader(...)` keeps no other reference
         self.start = start
+        self.hooks = hooks
         self.mode = 0
         self.n = 0
-        self.batch: Any = None
+        self.batch: Any = None  # the open batch (``bs`` while open, else None)
+        self.bs: Any = None  # the pass's reusable batch span object
         self.outer: Any = None
-        self.battrs: dict[str, Any] = {}
+        self.battrs: dict[str, Any] | None = None
         self.gpu: Any = None
         self.thread = threading.get_ident()
-        self.dl: tuple[int, int] | None = None  # the open batch's fetch, recorded at its close
+        self.f0 = 0  # the open batch's fetch, recorded as data_load when the batch closes
+        self.f1 = -1  # -1: no fetch to record
         self.backwards0 = 0  # Hooks.backwards when the pass's epoch opened
 
 
@@ -65,6 +77,10 @@ class Hooks:
         self.rec = rec = cirron._rec
         self.owners = rec.owners
         self.Scope = rec.Scope
+        self.BatchScope = type(
+            "BatchScope", (rec.Scope,), {"__slots__": ("pass_",), "close": _close_batch_scope}
+        )
+        self.child = rec.child
         self.timing = timing
         self.fdepth = 0
         self.ft0 = 0
@@ -72,6 +88,11 @@ class Hooks:
         self.odepth = 0
         self.ot0 = 0
         self.ogpu: Any = None
+        # The open implicit batch (a pass's span object) and its children's times, packed into
+        # the batch's record when it closes (see _end_batch); -1: not seen in this batch.
+        self.bopen: Any = None
+        self.cur_get = rec.cur.get
+        self.fw0 = self.fw1 = self.bw0 = self.bw1 = self.op0 = self.op1 = -1
         self.in_backward = False
         self.backwards = 0  # backward passes seen (a pass that saw none may be dropped)
         self.train_loader: weakref.ref[Any] | None = None
@@ -115,16 +136,27 @@ class Hooks:
             self.ft0 = perf_counter_ns()
 
     def fwd_post(self, module: Any, args: Any, output: Any) -> None:
+        # Registered with ``always_call``: a forward that raises still comes here, so the depth
+        # stays right (an OOM caught and retried with a smaller batch is timed again).
         d = self.fdepth - 1
-        self.fdepth = d if d > 0 else 0
-        if d == 0 and not self.owners.get("step"):
-            t1 = perf_counter_ns()
-            attrs = None
-            g = self.fgpu
-            if g is not None:
-                self.fgpu = None
-                attrs = {"__gpu": self.cuda.stop(g)}  # type: ignore[union-attr]
-            self.rec.span("forward", self.ft0, t1, attrs=attrs)
+        if d > 0:
+            self.fdepth = d
+            return
+        self.fdepth = 0
+        if d < 0 or self.owners["step"]:
+            return
+        t1 = perf_counter_ns()
+        g = self.fgpu
+        if g is None:
+            b = self.bopen
+            if b is not None and self.fw1 < 0 and self.cur_get() is b:
+                self.fw0 = self.ft0  # packed into the batch's record
+                self.fw1 = t1
+            else:
+                self.child("forward", self.ft0, t1, None)
+        else:
+            self.fgpu = None
+            self.child("forward", self.ft0, t1, {"__gpu": self.cuda.stop(g)})  # type: ignore[union-attr]
 
     def _sample_amp(self, module: Any) -> None:
         self.sample_amp = False
@@ -139,7 +171,7 @@ class Hooks:
     # -- backward ---------------------------------------------------------------------------------
     def wrap_backward(self, orig: Callable[..., Any]) -> Callable[..., Any]:
         def backward(*args: Any, **kwargs: Any) -> Any:
-            if not self.live or self.in_backward or self.owners.get("step"):
+            if not self.live or self.in_backward or self.owners["step"]:
                 return orig(*args, **kwargs)
             self.in_backward = True
             self.backwards += 1
@@ -151,10 +183,15 @@ class Hooks:
             finally:
                 t1 = perf_counter_ns()
                 self.in_backward = False
-                attrs = None
-                if g is not None and cuda is not None:
-                    attrs = {"__gpu": cuda.stop(g)}
-                self.rec.span("backward", t0, t1, attrs=attrs)
+                if g is None:
+                    b = self.bopen
+                    if b is not None and self.bw1 < 0 and self.cur_get() is b:
+                        self.bw0 = t0
+                        self.bw1 = t1
+                    else:
+                        self.child("backward", t0, t1, None)
+                else:
+                    self.child("backward", t0, t1, {"__gpu": cuda.stop(g)})  # type: ignore[union-attr]
 
         backward.__wrapped__ = orig  # type: ignore[attr-defined]
         return backward
@@ -171,19 +208,28 @@ class Hooks:
 
     def opt_post(self, opt: Any, args: Any, kwargs: Any) -> None:
         d = self.odepth - 1
-        self.odepth = d if d > 0 else 0
-        if d == 0 and not self.owners.get("step"):
-            t1 = perf_counter_ns()
-            attrs = None
-            g = self.ogpu
-            if g is not None:
-                self.ogpu = None
-                attrs = {"__gpu": self.cuda.stop(g)}  # type: ignore[union-attr]
-            self.rec.span("optimizer_step", self.ot0, t1, attrs=attrs)
+        if d > 0:
+            self.odepth = d
+            return
+        self.odepth = 0
+        if d < 0 or self.owners["step"]:
+            return
+        t1 = perf_counter_ns()
+        g = self.ogpu
+        if g is None:
+            b = self.bopen
+            if b is not None and self.op1 < 0 and self.cur_get() is b:
+                self.op0 = self.ot0
+                self.op1 = t1
+            else:
+                self.child("optimizer_step", self.ot0, t1, None)
+        else:
+            self.ogpu = None
+            self.child("optimizer_step", self.ot0, t1, {"__gpu": self.cuda.stop(g)})  # type: ignore[union-attr]
 
     # -- DataLoader -------------------------------------------------------------------------------
     def new_pass(self, loader: Any, it: Any, start: int) -> None:
-        p = _Pass(loader, start)
+        p = _Pass(loader, start, self)
         slot = it.__dict__.get("_cirron_slot")
         if slot is None or slot[1] is not self:
             slot = it.__dict__["_cirron_slot"] = [p, self]
@@ -195,56 +241,143 @@ class Hooks:
                 self.finish_pass(old, perf_counter_ns(), early=True)
             slot[0] = p
 
-    def next(self, it: Any, orig: Callable[[Any], Any]) -> Any:
-        # Hot path: one call per fetched batch. The original __next__ runs exactly once.
+    def patched_next(self, orig: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        """The DataLoader iterators' ``__next__`` for these hooks, wrapping ``orig``."""
+        h = self
+
+        def __next__(it: Any) -> Any:
+            # Hot path: one call per fetched batch. The original __next__ runs exactly once.
+            if not h.live:
+                return orig(it)
+            try:
+                slot = it.__dict__.get("_cirron_slot")
+                p = slot[0] if slot is not None and slot[1] is h else None
+                if p is None or not p.mode:
+                    p = h._begin(it, p)
+                mode = p.mode
+                t0 = perf_counter_ns()
+                if p.batch is not None:
+                    h._end_batch(p, t0)
+            except Exception as exc:
+                h.fault("DataLoader.__next__", exc)
+                return orig(it)
+            if mode == _SILENT:
+                return orig(it)
+            try:
+                item = orig(it)
+            except StopIteration:
+                if mode != _OWNED:
+                    h.finish_pass(p, t0)
+                raise
+            try:
+                t1 = perf_counter_ns()
+                if mode == _OWNED:
+                    if not h.owners["data_load"]:  # else the owner (a callback) times fetches
+                        h.child("data_load", t0, t1, None)
+                    return item
+                h._open_batch(p, t0, t1)
+            except Exception as exc:
+                h.fault("DataLoader.__next__", exc)
+            return item
+
+        __next__.__wrapped__ = orig  # type: ignore[attr-defined]
+        return __next__
+
+    def _open_batch(self, p: _Pass, t0: int, t1: int) -> None:
+        """Stamp the pass's batch span object as the next batch (``t0``: its start, also the
+        start of its fetch; ``t1``: the fetch's end)."""
+        rec = self.rec
         try:
-            slot = it.__dict__.get("_cirron_slot")
-            p = slot[0] if slot is not None and slot[1] is self else None
-            if p is None or not p.mode:
-                p = self._begin(it, p)
-            mode = p.mode
-            t0 = perf_counter_ns()
-            if mode in (_TRAIN, _EVAL):
-                b = p.batch
-                if b is not None:
-                    p.batch = None
-                    self._close_batch(p, b, t0)
-        except Exception as exc:
-            self.fault("DataLoader.__next__", exc)
-            return orig(it)
-        if mode == _SILENT:
-            return orig(it)
-        try:
-            item = orig(it)
-        except StopIteration:
-            if mode != _OWNED:
-                self.finish_pass(p, t0)
-            raise
-        try:
-            t1 = perf_counter_ns()
-            if mode == _OWNED:
-                if not self.owners["data_load"]:  # else the owner (a callback) times fetches
-                    self.rec.span("data_load", t0, t1)
-                return item
-            s = self.Scope("batch", p.n, **p.battrs)
-            s.__enter__()
-            s.start = t0
-            p.batch = s
-            n = p.n = p.n + 1
+            tb = rec.tls.tb
+        except AttributeError:
+            tb = rec.new_buffer()
+        s = p.bs
+        if s is None:
+            s = p.bs = object.__new__(self.BatchScope)
+            s.pass_ = p
+            s.name = "batch"
+            s.attrs = dict(p.battrs or ())
+            s.tb = None
+        cur = rec.cur
+        if cur.get() is not s:  # the first batch, or the stack changed since the last one
+            par = rec.live_parent(cur.get())
+            s.parent = par
+            d = s.depth = par.depth + 1 if par is not None else 1
+            if d > MAX_DEPTH:
+                tb.depth_drops += 1
+                return
+            cur.set(s)
+        n = p.n
+        s.index = n
+        s.id = next(tb.span_ids)
+        s.tb = tb
+        s.start = t0
+        p.batch = s
+        p.f0 = t0
+        p.f1 = t1
+        self.bopen = s
+        self.fw1 = self.bw1 = self.op1 = -1
+        p.n = n = n + 1
+        cuda = self.cuda
+        if cuda is not None and cuda.on():
+            p.gpu = cuda.start()
+            cuda.reset_peak()
+        if n == 2:
+            outer = p.outer
+            if outer is not None and outer.open:
+                rec.structural[outer.id] = outer  # a real epoch: crash-safe from now
+        if not n & _WAKE_MASK:
+            rec.wake()
+
+    def _end_batch(self, p: _Pass, end: int) -> None:
+        """Record the open batch with its children packed in (see ``bopen``); the span object
+        stays the innermost scope (closed) until the next batch re-stamps it."""
+        s = p.batch
+        p.batch = None
+        if self.bopen is s:
+            self.bopen = None
+            # data_load, forward, backward, optimizer_step as (end, start, end, ...): the sealer
+            # writes them as children of this batch (see cirron.core.seal, "packed").
+            packed = (p.f1, self.fw0, self.fw1, self.bw0, self.bw1, self.op0, self.op1)
+            self.fw1 = self.bw1 = self.op1 = -1
+        else:
+            packed = (p.f1, -1, -1, -1, -1, -1, -1)
+        p.f1 = -1
+        rec = self.rec
+        c = rec.cur.get()
+        if c is not s and c is not None:
+            rec.unwind(s, c)  # the body left scopes open: close them first
+        if s.tb is None:  # already closed
+            return
+        s.tb = None
+        tb = rec.buffer()  # the closing thread's: sequence numbers stay single-writer
+        attrs = s.attrs
+        if len(attrs) != (len(p.battrs) if p.battrs else 0):  # changed while open: keep it
+            s.attrs = dict(p.battrs or ())  # for this batch only
+        g = p.gpu
+        if g is not None:
+            p.gpu = None
             cuda = self.cuda
-            if cuda is not None and cuda.on():
-                p.gpu = cuda.start()
-                cuda.reset_peak()
-            p.dl = (t0, t1)  # recorded when the batch closes (see _close_batch, _drop_pass)
-            if n == 2:
-                outer = p.outer
-                if outer is not None and outer.open:
-                    self.rec.structural[outer.id] = outer  # a real epoch: crash-safe from now
-            if not n & _WAKE_MASK:
-                self.rec.wake()
-        except Exception as exc:
-            self.fault("DataLoader.__next__", exc)
-        return item
+            attrs = dict(attrs)
+            attrs["__gpu"] = cuda.stop(g)  # type: ignore[union-attr]
+            peak = cuda.peak()  # type: ignore[union-attr]
+            attrs["__mem"] = peak
+            if peak > self.epoch_peak:
+                self.epoch_peak = peak
+        par = s.parent
+        tb.spans.append(
+            (
+                s.id,
+                par.id if par is not None else rec.root_id,
+                "batch",
+                s.index,
+                s.start,
+                end,
+                attrs or None,  # a shared dict, never mutated once recorded
+                packed,
+                next(tb.span_close_seq),
+            )
+        )
 
     def _begin(self, it: Any, p: _Pass | None) -> _Pass:
         """The first fetch of a pass: decide who owns its epoch and batches."""
@@ -265,7 +398,7 @@ class Hooks:
                 if prev is not None:
                     self.finish_pass(prev, perf_counter_ns(), early=True)
                 # Not structural (provisionally written, closed at exit) until it proves to be
-                # an epoch: a second batch (see next()) or its close.
+                # an epoch: a second batch (see _open_batch) or its close.
                 ep = self.rec.open("epoch", self.epoch_n)
                 ep.start = min(p.start, ep.start)
                 self.epoch_n += 1
@@ -291,21 +424,11 @@ class Hooks:
             return True
         return current is not None and current is loader
 
-    def _close_batch(self, p: _Pass, b: Any, end: int) -> None:
-        dl = p.dl
-        if dl is not None:
-            p.dl = None
-            self.rec.span("data_load", dl[0], dl[1], parent=b)
-        g = p.gpu
-        if g is not None:
-            p.gpu = None
-            cuda = self.cuda
-            b.attrs["__gpu"] = cuda.stop(g)  # type: ignore[union-attr]
-            peak = cuda.peak()  # type: ignore[union-attr]
-            b.attrs["__mem"] = peak
-            if peak > self.epoch_peak:
-                self.epoch_peak = peak
-        b.close(end)
+    def _pop_batch_scope(self, p: _Pass) -> None:
+        """Leave the pass's (closed) batch span object off the innermost-scope slot."""
+        s = p.bs
+        if s is not None and self.rec.cur.get() is s:
+            self.rec.cur.set(s.parent)
 
     def finish_pass(self, p: _Pass, end: int, *, early: bool = False) -> None:
         """Close what a pass opened: its open batch, then its epoch or validation span."""
@@ -313,10 +436,9 @@ class Hooks:
             if early and self._trivial(p):
                 self._drop_pass(p)
                 return
-            b = p.batch
-            if b is not None:
-                p.batch = None
-                self._close_batch(p, b, end)
+            if p.batch is not None:
+                self._end_batch(p, end)
+            self._pop_batch_scope(p)
             outer = p.outer
             p.outer = None
             if self.epoch_pass is p:
@@ -358,8 +480,11 @@ class Hooks:
         rec = self.rec
         b, outer = p.batch, p.outer
         p.batch = p.outer = p.gpu = None
+        if self.bopen is b:
+            self.bopen = None
         if self.epoch_pass is p:
             self.epoch_pass = None
+        self._pop_batch_scope(p)
         for s in (b, outer):
             if s is not None and s.open:
                 s.tb = None  # never recorded
@@ -368,10 +493,9 @@ class Hooks:
                     rec.cur.set(s.parent)
         if outer is not None and outer.name == "epoch":
             self.epoch_n -= 1
-        dl = p.dl
-        if dl is not None:
-            p.dl = None
-            rec.span("data_load", dl[0], dl[1], parent=rec.current())
+        if p.f1 >= 0:
+            rec.child("data_load", p.f0, p.f1, None)
+            p.f1 = -1
 
     # -- snapshots and session ------------------------------------------------------------------
     def on_epoch_end(self, scope: Any) -> None:
@@ -414,6 +538,16 @@ class Hooks:
         self.watched.models.clear()
         if getattr(self.p, "_torch_hooks", None) is self:
             self.p._torch_hooks = None
+
+
+def _close_batch_scope(s: Any, end_ns: int | None = None) -> None:
+    """``close()`` of a pass's batch span object: closed from outside (a scope below it exited
+    first), it still records its packed children."""
+    p = s.pass_
+    if p.batch is s:
+        p.hooks._end_batch(p, perf_counter_ns() if end_ns is None else end_ns)
+    else:
+        Scope.close(s, end_ns)
 
 
 def _iterator_died(slot: list[Any]) -> None:
