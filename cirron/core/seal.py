@@ -27,6 +27,8 @@ __all__ = ["Drops", "Sealer", "clean_attrs", "mark_value"]
 MARK_IDS_PER_SPAN = 4096
 # Cap on records in one batch file; a larger drain is written as several files.
 MAX_RECORDS_PER_BATCH = 20_000
+# Records joined per piece of a batch's text (a few hundred bytes each: pieces of ~64 KB).
+RECORDS_PER_PIECE = 200
 
 
 _estr = json.encoder.encode_basestring_ascii  # the C string encoder json.dumps itself uses
@@ -297,9 +299,12 @@ class Sealer:
         )
         tail = "}" if session is None else ',"session_id":"%032x"}' % session
         parents: dict[Any, str] = {None: "null"}
-        child = '{"id":"%032x","name":%s,"parent_id":"%032x","index":null,"start_ns":%d,"end_ns":%d'
+        child = '{"id":"%s","name":"%s","parent_id":"%s","index":null,"start_ns":%d,"end_ns":%d'
         child_tail = head + '{},"mark_ids":[]' + tail
-        new_id = self.rec.buffer().span_ids.__next__  # ids for unpacked children
+        # Unpacked children's ids: the batch's with hex digit 16 set to 1-4. Recorded ids have
+        # a 0 there while the thread number stays below 2**20 (see ThreadBuffer); else fresh ids.
+        derive = tb.number < (1 << 20)
+        new_id = self.rec.buffer().span_ids.__next__
         for _ in range(len(q)):  # what is buffered now (see _drain_marks)
             try:
                 sid, parent, name, index, start, end, attrs, et, seq = q.popleft()
@@ -313,28 +318,20 @@ class Sealer:
                 # A batch with its timed children packed in by the torch hooks: (data_load end,
                 # forward start, end, backward start, end, optimizer_step start, end), -1 where
                 # a child did not happen. data_load starts with the batch.
-                dl, f0, f1, b0, b1, o0, o1 = et
+                bid = "%032x" % sid
+                head16, tail15 = bid[:16], bid[17:]
+                for digit, child_name, t0, t1 in (
+                    ("1", "data_load", start, et[0]),
+                    ("2", "forward", et[1], et[2]),
+                    ("3", "backward", et[3], et[4]),
+                    ("4", "optimizer_step", et[5], et[6]),
+                ):
+                    if t1 >= 0:
+                        cid = head16 + digit + tail15 if derive else "%032x" % new_id()
+                        out.append(
+                            child % (cid, child_name, bid, t0 + off, max(t1, t0) + off) + child_tail
+                        )
                 et = None
-                if dl >= 0:
-                    out.append(
-                        child % (new_id(), '"data_load"', sid, start + off, max(dl, start) + off)
-                        + child_tail
-                    )
-                if f1 >= 0:
-                    out.append(
-                        child % (new_id(), '"forward"', sid, f0 + off, max(f1, f0) + off)
-                        + child_tail
-                    )
-                if b1 >= 0:
-                    out.append(
-                        child % (new_id(), '"backward"', sid, b0 + off, max(b1, b0) + off)
-                        + child_tail
-                    )
-                if o1 >= 0:
-                    out.append(
-                        child % (new_id(), '"optimizer_step"', sid, o0 + off, max(o1, o0) + off)
-                        + child_tail
-                    )
             if et is not None or not (attrs is None or type(attrs) is int) or sid in truncated:
                 out.append(self._span_text(sid, parent, name, index, start, end, attrs, et, tid))
                 continue
@@ -503,9 +500,9 @@ class Sealer:
             % (_estr(__version__), batch_id, created_ns)
         ]
         for records, closing in ((spans, '],"marks":['), (marks, '],"snapshots":['), (snaps, "]}")):
-            for k, record in enumerate(records):
+            for k in range(0, len(records), RECORDS_PER_PIECE):
                 if k:
                     parts.append(",")
-                parts.append(record)
+                parts.append(",".join(records[k : k + RECORDS_PER_PIECE]))
             parts.append(closing)
         return parts
