@@ -276,6 +276,35 @@ def test_zero_config_starts_a_session_and_keeps_it_open_for_later_fits() -> None
     assert t.session()["attrs"]["status"] == "finished"
 
 
+def test_torch_runs_unpatched_during_a_fit_and_is_hooked_again_after_it() -> None:
+    """The callback times the step itself: the torch hooks' per-step patches come off for the
+    fit (they would only cost), and come back when it ends."""
+    from torch.nn.modules import module
+    from torch.optim import optimizer
+    from torch.utils.data import dataloader
+
+    def hooked() -> bool:
+        nxt = dataloader._BaseDataLoaderIter.__next__
+        return bool(
+            module._global_forward_pre_hooks
+            or optimizer._global_optimizer_pre_hooks
+            or "cirron" in getattr(nxt, "__module__", "")
+            or "cirron" in getattr(torch.autograd.backward, "__module__", "")
+        )
+
+    seen: list[bool] = []
+
+    class Probe(L.Callback):  # type: ignore[misc]
+        def on_train_batch_start(self, *args: Any) -> None:
+            seen.append(hooked())
+
+    ci.profile()
+    assert hooked()
+    _trainer(callbacks=[CirronCallback(), Probe()], max_epochs=1).fit(MODELS["lightning.pytorch"]())
+    assert seen and not any(seen)
+    assert hooked()
+
+
 def test_a_running_session_is_reused_and_user_marks_nest_in_the_callbacks_spans() -> None:
     ci.profile()
 

@@ -72,8 +72,9 @@ def bare_tree(epochs: int, batches: int) -> list[Any]:
     return [["epoch", e, [["batch", b, batch] for b in range(batches)]] for e in range(epochs)]
 
 
-def all_patched_away() -> None:
-    """torch is exactly as it was: no cirron function left in any hook table or patch."""
+def all_patched_away(*, per_step_only: bool = False) -> None:
+    """torch is exactly as it was: no cirron function left in any hook table or patch
+    (``per_step_only``: none on the training step's path; the distributed hook may stay)."""
     from torch.nn.modules import module
     from torch.optim import optimizer
     from torch.utils.data import dataloader
@@ -85,8 +86,8 @@ def all_patched_away() -> None:
         dataloader.DataLoader.__iter__,
         dataloader._BaseDataLoaderIter.__next__,
         torch.autograd.backward,
-        torch.distributed.init_process_group,
         nn.Module.__call__,
+        *([] if per_step_only else [torch.distributed.init_process_group]),
     ):
         assert not hasattr(fn, "__wrapped__") or "cirron" not in fn.__module__, fn
         assert fn.__module__.startswith("torch"), fn
@@ -636,6 +637,31 @@ def test_a_framework_owning_the_step_silences_the_child_hooks() -> None:
             rec.owners[k] -= 1
     data = read()
     assert shape(data, session(data)["id"]) == [["epoch", 0, [["batch", 0, []]]]]
+
+
+def test_an_owner_of_the_step_takes_the_per_step_patches_off_until_it_releases() -> None:
+    """A callback that times the step itself (Lightning) claims it: torch runs unpatched
+    meanwhile; after the release the hooks are back and a bare loop records its tree."""
+    ci.profile()
+    model, opt, loader = tiny()
+    ci.watch(model)
+    rec = ci._get()._rec
+    rec.claim("epoch", "batch", "step")
+    try:
+        all_patched_away(per_step_only=True)
+        assert not model._forward_pre_hooks and not model._forward_hooks
+        for x, y in loader:
+            step(model, opt, x, y)
+    finally:
+        rec.release("epoch", "batch", "step")
+    from torch.nn.modules import module
+
+    assert model._forward_pre_hooks and not module._global_forward_pre_hooks  # per model again
+    for x, y in loader:
+        step(model, opt, x, y)
+    data = read()
+    assert shape(data, session(data)["id"]) == bare_tree(1, 3)
+    all_patched_away()
 
 
 def test_peeking_at_one_batch_is_not_an_epoch() -> None:

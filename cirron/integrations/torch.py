@@ -34,7 +34,6 @@ from typing import Any
 
 import torch
 import torch.optim.optimizer as _optim
-from torch.nn.modules import module as _module
 from torch.utils.data import dataloader as _dl
 
 from cirron.core.errors import CirronWarning
@@ -65,10 +64,8 @@ def install(cirron: Any, profiler: Any) -> Callable[[], None] | None:
     profiler._torch_hooks = h
     _ACTIVE = h
     try:
-        _patch_dataloader(h)
-        _patch_backward(h)
-        _hook_optimizer(h)
-        _hook_forward_globally(h)
+        h.arm_step = lambda: _arm_step(h)
+        h.arm()
         _hook_distributed(h)
         _hook_session(h)
     except BaseException:
@@ -84,7 +81,22 @@ def _install_snapshots_only(cirron: Any, profiler: Any) -> Callable[[], None]:
     return h.remove
 
 
-def _patch_dataloader(h: Hooks) -> None:
+def _arm_step(h: Hooks) -> list[Callable[[], None]]:
+    """Install the per-step patches and hooks; returns their undos (see ``Hooks.arm``)."""
+    undo: list[Callable[[], None]] = []
+    try:
+        undo.append(_patch_dataloader(h))
+        undo.append(_patch_backward(h))
+        undo.extend(_hook_optimizer(h))
+        h.hook_forward()
+    except BaseException:
+        for fn in reversed(undo):
+            fn()
+        raise
+    return undo
+
+
+def _patch_dataloader(h: Hooks) -> Callable[[], None]:
     cls, it_cls = _dl.DataLoader, _dl._BaseDataLoaderIter
     orig_iter = cls.__dict__["__iter__"]
     orig_next = it_cls.__dict__["__next__"]
@@ -105,33 +117,30 @@ def _patch_dataloader(h: Hooks) -> None:
     it_cls.__next__ = __next__  # type: ignore[method-assign]
 
     def undo() -> None:
-        cls.__iter__ = orig_iter  # type: ignore[method-assign]
-        it_cls.__next__ = orig_next  # type: ignore[method-assign]
+        if cls.__dict__.get("__iter__") is __iter__:
+            cls.__iter__ = orig_iter  # type: ignore[method-assign]
+        if it_cls.__dict__.get("__next__") is __next__:
+            it_cls.__next__ = orig_next  # type: ignore[method-assign]
 
-    h.undo.append(undo)
+    return undo
 
 
-def _patch_backward(h: Hooks) -> None:
+def _patch_backward(h: Hooks) -> Callable[[], None]:
     ag = torch.autograd
     orig = ag.backward
-    ag.backward = h.wrap_backward(orig)
+    wrapped = ag.backward = h.wrap_backward(orig)
 
     def undo() -> None:
-        ag.backward = orig
+        if ag.backward is wrapped:
+            ag.backward = orig
 
-    h.undo.append(undo)
+    return undo
 
 
-def _hook_optimizer(h: Hooks) -> None:
+def _hook_optimizer(h: Hooks) -> list[Callable[[], None]]:
     pre = _optim.register_optimizer_step_pre_hook(h.opt_pre)
     post = _optim.register_optimizer_step_post_hook(h.opt_post)
-    h.undo.append(post.remove)
-    h.undo.append(pre.remove)
-
-
-def _hook_forward_globally(h: Hooks) -> None:
-    h.global_fwd.append(_module.register_module_forward_pre_hook(h.fwd_pre))
-    h.global_fwd.append(_module.register_module_forward_hook(h.fwd_post, always_call=True))
+    return [pre.remove, post.remove]
 
 
 def _hook_distributed(h: Hooks) -> None:
@@ -174,6 +183,8 @@ def _hook_session(h: Hooks) -> None:
     if h.timing:
         rec.claim_listeners.append(h.on_claim)
         h.undo.append(lambda: _discard(rec.claim_listeners, h.on_claim))
+        rec.release_listeners.append(h.on_release)
+        h.undo.append(lambda: _discard(rec.release_listeners, h.on_release))
     cuda, sealer = h.cuda, p.sealer
     if cuda is not None and sealer is not None:
         sealer.span_resolvers.append(cuda.resolve)

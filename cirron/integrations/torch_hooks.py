@@ -14,6 +14,7 @@ from time import perf_counter_ns
 from typing import Any
 
 import torch
+from torch.nn.modules import module as _module
 
 from cirron.core.recorder import MAX_DEPTH, Scope
 from cirron.core.snapshots import SnapshotWriter
@@ -116,6 +117,10 @@ class Hooks:
         self.global_fwd: list[Any] = []
         self.model_fwd: list[Any] = []
         self.undo: list[Callable[[], None]] = []
+        # The per-step patches (DataLoader, backward, optimizer, forward): installed by
+        # ``arm_step`` (set by the installer) while no framework callback owns the step.
+        self.arm_step: Callable[[], list[Callable[[], None]]] | None = None
+        self.step_undo: list[Callable[[], None]] | None = None
         self.live = True
 
     # -- faults ---------------------------------------------------------------------------------
@@ -452,13 +457,66 @@ class Hooks:
         except Exception as exc:
             self.fault("closing a DataLoader pass", exc)
 
+    # -- arming: per-step patches only while they have something to record -----------------------
+    def arm(self) -> None:
+        """Install the per-step patches (idempotent; not while a callback owns the step)."""
+        if (
+            self.step_undo is None
+            and self.arm_step is not None
+            and self.live
+            and not self.owners.get("step")
+        ):
+            self.step_undo = self.arm_step()
+
+    def disarm(self) -> None:
+        """Remove the per-step patches: torch runs untouched (idempotent)."""
+        undo, self.step_undo = self.step_undo, None
+        for fn in reversed(undo or ()):
+            try:
+                fn()
+            except Exception as exc:
+                self.fault("uninstall", exc)
+        for h in self.global_fwd + self.model_fwd:
+            h.remove()
+        self.global_fwd.clear()
+        self.model_fwd.clear()
+        self.fdepth = self.odepth = 0
+        self.in_backward = False
+        self.bopen = None
+
+    def hook_forward(self) -> None:
+        """Forward hooks: on each watched model, or torch's global module hooks while none is."""
+        if self.watched.models:
+            for model in self.watched.models:
+                self._hook_model(model)
+        else:
+            self.global_fwd.append(_module.register_module_forward_pre_hook(self.fwd_pre))
+            self.global_fwd.append(
+                _module.register_module_forward_hook(self.fwd_post, always_call=True)
+            )
+
+    def _hook_model(self, model: torch.nn.Module) -> None:
+        self.model_fwd.append(model.register_forward_pre_hook(self.fwd_pre))
+        self.model_fwd.append(model.register_forward_hook(self.fwd_post, always_call=True))
+
     # -- an owner takes over ------------------------------------------------------------------------
+    def on_release(self) -> None:
+        """An owner gave levels back: once nobody owns the step, the per-step patches return."""
+        if not self.owners.get("step"):
+            self.arm()
+
     def on_claim(self) -> None:
         """A framework callback just took the epoch/batch levels (``rec.claim``). A training
         pass whose epoch holds only one fetch and no backward (Keras fetching a batch to build
         the model before any callback hook) was no epoch: drop it, keeping its fetch as a
         ``data_load`` under the session. A real epoch in progress is closed instead. Either
-        way, the pass's next fetch decides again under the new owner."""
+        way, the pass's next fetch decides again under the new owner.
+
+        A callback that owns the step (Lightning) times every child itself: the per-step
+        patches come off until it releases the step (``on_release``), so they cost nothing
+        per batch meanwhile."""
+        if self.owners.get("step"):
+            self.disarm()
         p = self.epoch_pass
         if p is None or p.mode != _TRAIN:
             return
@@ -507,13 +565,12 @@ class Hooks:
         if not self.watched.add(model):
             return
         self._describe(model)
-        if not self.timing:
+        if not self.timing or self.step_undo is None:  # disarmed: arm() hooks it later
             return
         for h in self.global_fwd:  # per-model hooks from now on: far cheaper than global ones
             h.remove()
         self.global_fwd.clear()
-        self.model_fwd.append(model.register_forward_pre_hook(self.fwd_pre))
-        self.model_fwd.append(model.register_forward_hook(self.fwd_post, always_call=True))
+        self._hook_model(model)
 
     def _describe(self, model: torch.nn.Module) -> None:
         p = next(model.parameters(), None)
@@ -524,6 +581,7 @@ class Hooks:
         self.p.update_session(**attrs)
 
     def remove(self) -> None:
+        self.disarm()
         self.live = False
         while self.undo:
             fn = self.undo.pop()
@@ -531,10 +589,6 @@ class Hooks:
                 fn()
             except Exception as exc:
                 self.fault("uninstall", exc)
-        for h in self.global_fwd + self.model_fwd:
-            h.remove()
-        self.global_fwd.clear()
-        self.model_fwd.clear()
         self.watched.models.clear()
         if getattr(self.p, "_torch_hooks", None) is self:
             self.p._torch_hooks = None
