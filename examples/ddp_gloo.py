@@ -14,6 +14,7 @@ import argparse
 import os
 import socket
 import statistics
+import time
 
 import torch
 import torch.distributed as dist
@@ -46,10 +47,21 @@ def train(rank: int, world_size: int, epochs: int) -> None:
             opt.step()
             ci.mark("loss", loss)
     ci.shutdown()
-    # Leave together: a rank that tears gloo down while its peer is still connected can make
-    # the peer abort (std::terminate in gloo's I/O thread).
-    dist.barrier()
+    leave_together(world_size)
     dist.destroy_process_group()
+
+
+def leave_together(world_size: int) -> None:
+    """Tear gloo down only once every rank is done with it: a rank that closes its
+    connections while a peer's gloo thread still uses them can make that peer abort
+    (std::terminate in gloo's I/O thread). A collective barrier alone is not enough (its last
+    message may still be in flight when the first rank returns), so the ranks also meet in
+    the process group's key-value store, which is no gloo connection."""
+    dist.barrier()
+    store = dist.distributed_c10d._get_default_store()
+    store.add("example/left", 1)
+    while store.add("example/left", 0) < world_size:
+        time.sleep(0.005)
 
 
 def free_port() -> int:

@@ -238,6 +238,34 @@ def test_a_forward_that_raises_does_not_stop_later_forwards_being_timed() -> Non
     assert shape(data, session(data)["id"]) == expected
 
 
+@pytest.mark.parametrize("explicit", [False, True], ids=["hooks", "ci.batches"])
+def test_two_models_and_two_optimizers_in_one_step_give_two_of_each_child(explicit: bool) -> None:
+    """A GAN-like step: the second forward/backward/optimizer_step of a batch is recorded
+    next to the first, inside the same batch, in the bare loop and under ci.batches alike."""
+    ci.profile()
+    (g, g_opt, loader), (d, d_opt, _) = tiny(), tiny(seed=1)
+    ci.watch(g)
+    ci.watch(d)
+    for x, y in ci.batches(loader) if explicit else loader:
+        step(g, g_opt, x, y)
+        step(d, d_opt, x, y)
+    data = read()
+    batches = [s for s in data.spans.values() if s["name"] == "batch"]
+    assert len(batches) == 3
+    for b in batches:
+        names = sorted(c["name"] for c in kids(data, b["id"]))
+        assert names == sorted(["data_load", *(CHILDREN[1:] * 2)])
+        for c in kids(data, b["id"]):
+            assert b["start_ns"] <= c["start_ns"] <= c["end_ns"] <= b["end_ns"]
+    raw = [
+        s["id"]
+        for b in load_batches(Path.cwd())
+        for s in b["spans"]
+        if s["name"] in ("batch", *CHILDREN)
+    ]
+    assert len(raw) == len(set(raw))  # every child, packed or not, has an id of its own
+
+
 def test_scopes_in_the_step_nest_under_their_batch_and_one_left_open_is_closed_by_it() -> None:
     ci.profile()
     model, opt, loader = tiny()

@@ -175,6 +175,9 @@ class Scope:
     # ``rec`` is a class attribute: each Recorder makes a subclass bound to itself.
     __slots__ = ("attrs", "depth", "id", "index", "name", "parent", "start", "tb")
     rec: Recorder
+    # Whether framework hooks may hold this span's timed children for its closing record
+    # (``Recorder.packer``); true for the batches of ``ci.batches`` and the torch hooks.
+    packs = False
 
     def __init__(self, name: str, /, index: int | None = None, **attrs: Any) -> None:
         self.name = name
@@ -248,10 +251,10 @@ class Scope:
     def close(self, end_ns: int | None = None, children: tuple[int, ...] | None = None) -> None:
         """Close the span outside a ``with`` block (framework hooks use this).
 
-        ``children``: a batch's timed children packed into its record, ``(data_load end,
-        forward start, end, backward start, end, optimizer_step start, end)`` with -1 for a
-        child that did not happen (data_load starts with the batch); the sealer writes them
-        as spans under this one. One record instead of five keeps a training step cheap."""
+        ``children``: a batch's timed children packed into its record, ``(data_load start,
+        end, forward start, end, backward start, end, optimizer_step start, end)`` with end
+        -1 for a child that did not happen; the sealer writes them as spans under this one.
+        One record instead of five keeps a training step cheap."""
         tb = self.tb
         if tb is None:
             return
@@ -326,6 +329,10 @@ class Recorder:
         # hooks opened meanwhile gives way at once (see ``claim``).
         self.claim_listeners: list[Callable[[], None]] = []
         self.release_listeners: list[Callable[[], None]] = []  # after ``release``
+        # Given a closing ``ci.batches`` batch, returns the children hooks held for it (the
+        # packed tuple of Scope.close), or None. Set by the torch hooks while installed.
+        self.packer: Callable[[Scope], tuple[int, ...] | None] | None = None
+        self.PackScope: type[Scope] = type("Scope", (self.Scope,), {"__slots__": (), "packs": True})
         self.on_new_buffer: Callable[[], None] | None = None
         self.wake: Callable[[], None] = _noop
         # >0 while an explicit owner (ci.epochs/ci.batches, a framework callback) holds a level.
@@ -722,7 +729,7 @@ class Recorder:
             # new id each iteration; one clock read is both a batch's end and the next one's
             # start; and while the innermost scope is still this object, the context variable
             # is left alone between batches.
-            s = object.__new__(self.Scope)
+            s = object.__new__(self.PackScope)
             s.name = "batch"
             s.parent = parent
             s.depth = depth
@@ -760,8 +767,19 @@ class Recorder:
                         pushed = False
                     # Only data_load_ns? Record the bare int (see _RECORDS_UNTRACKABLE).
                     rec_attrs = attrs if len(attrs) != 1 else attrs.get("data_load_ns", attrs)
+                    packer = self.packer
                     spans.append(
-                        (sid, parent_id, "batch", i, t0, end, rec_attrs, None, next_close())
+                        (
+                            sid,
+                            parent_id,
+                            "batch",
+                            i,
+                            t0,
+                            end,
+                            rec_attrs,
+                            packer(s) if packer is not None else None,
+                            next_close(),
+                        )
                     )
                 else:  # closed from outside (out-of-order close): open the next one afresh
                     pushed = False

@@ -315,16 +315,15 @@ class Sealer:
             last = seq
             closed.add(sid)
             if type(et) is tuple:
-                # A batch with its timed children packed in by the torch hooks: (data_load end,
-                # forward start, end, backward start, end, optimizer_step start, end), -1 where
-                # a child did not happen. data_load starts with the batch.
+                # A batch with its timed children packed in (Scope.close): start/end of
+                # data_load, forward, backward, optimizer_step; end -1 where none happened.
                 bid = "%032x" % sid
                 head16, tail15 = bid[:16], bid[17:]
                 for digit, child_name, t0, t1 in (
-                    ("1", "data_load", start, et[0]),
-                    ("2", "forward", et[1], et[2]),
-                    ("3", "backward", et[3], et[4]),
-                    ("4", "optimizer_step", et[5], et[6]),
+                    ("1", "data_load", et[0], et[1]),
+                    ("2", "forward", et[2], et[3]),
+                    ("3", "backward", et[4], et[5]),
+                    ("4", "optimizer_step", et[6], et[7]),
                 ):
                     if t1 >= 0:
                         cid = head16 + digit + tail15 if derive else "%032x" % new_id()

@@ -359,7 +359,7 @@ class CallbackHooks:
         if b is None:
             return
         self._batch = None
-        packed = (self._dl, self._f0, self._f1, self._b0, self._b1, self._o0, self._o1)
+        packed = (b.start, self._dl, self._f0, self._f1, self._b0, self._b1, self._o0, self._o1)
         self._dl = self._f1 = self._b1 = self._o1 = -1
         b.close(end, packed)
 

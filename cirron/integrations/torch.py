@@ -114,7 +114,7 @@ def _patch_dataloader(h: Hooks) -> Callable[[], None]:
     __next__ = h.patched_next(orig_next)
     __iter__.__wrapped__ = orig_iter  # type: ignore[attr-defined]
     cls.__iter__ = __iter__  # type: ignore[method-assign]
-    it_cls.__next__ = __next__  # type: ignore[method-assign]
+    it_cls.__next__ = __next__  # type: ignore[method-assign,assignment]
 
     def undo() -> None:
         if cls.__dict__.get("__iter__") is __iter__:
@@ -185,6 +185,13 @@ def _hook_session(h: Hooks) -> None:
         h.undo.append(lambda: _discard(rec.claim_listeners, h.on_claim))
         rec.release_listeners.append(h.on_release)
         h.undo.append(lambda: _discard(rec.release_listeners, h.on_release))
+        rec.packer = h.take  # ci.batches closes its batches with the children held here
+
+        def unpack() -> None:
+            if rec.packer == h.take:
+                rec.packer = None
+
+        h.undo.append(unpack)
     cuda, sealer = h.cuda, p.sealer
     if cuda is not None and sealer is not None:
         sealer.span_resolvers.append(cuda.resolve)

@@ -40,8 +40,6 @@ class _Pass:
         "batch",
         "battrs",
         "bs",
-        "f0",
-        "f1",
         "gpu",
         "hooks",
         "loader",
@@ -64,8 +62,6 @@ class _Pass:
         self.battrs: dict[str, Any] | None = None
         self.gpu: Any = None
         self.thread = threading.get_ident()
-        self.f0 = 0  # the open batch's fetch, recorded as data_load when the batch closes
-        self.f1 = -1  # -1: no fetch to record
         self.backwards0 = 0  # Hooks.backwards when the pass's epoch opened
 
 
@@ -78,8 +74,10 @@ class Hooks:
         self.rec = rec = cirron._rec
         self.owners = rec.owners
         self.Scope = rec.Scope
-        self.BatchScope = type(
-            "BatchScope", (rec.Scope,), {"__slots__": ("pass_",), "close": _close_batch_scope}
+        self.BatchScope: type[Any] = type(
+            "BatchScope",
+            (rec.Scope,),
+            {"__slots__": ("pass_",), "close": _close_batch_scope, "packs": True},
         )
         self.child = rec.child
         self.timing = timing
@@ -89,11 +87,11 @@ class Hooks:
         self.odepth = 0
         self.ot0 = 0
         self.ogpu: Any = None
-        # The open implicit batch (a pass's span object) and its children's times, packed into
-        # the batch's record when it closes (see _end_batch); -1: not seen in this batch.
-        self.bopen: Any = None
+        # Children of the innermost batch, held for its record (see _pack): the batch's id,
+        # then start/end of data_load, forward, backward, optimizer_step (-1: none yet).
         self.cur_get = rec.cur.get
-        self.fw0 = self.fw1 = self.bw0 = self.bw1 = self.op0 = self.op1 = -1
+        self.pk = 0
+        self.slots = [-1] * 8
         self.in_backward = False
         self.backwards = 0  # backward passes seen (a pass that saw none may be dropped)
         self.train_loader: weakref.ref[Any] | None = None
@@ -153,11 +151,7 @@ class Hooks:
         t1 = perf_counter_ns()
         g = self.fgpu
         if g is None:
-            b = self.bopen
-            if b is not None and self.fw1 < 0 and self.cur_get() is b:
-                self.fw0 = self.ft0  # packed into the batch's record
-                self.fw1 = t1
-            else:
+            if not self._pack(2, self.ft0, t1):
                 self.child("forward", self.ft0, t1, None)
         else:
             self.fgpu = None
@@ -189,11 +183,7 @@ class Hooks:
                 t1 = perf_counter_ns()
                 self.in_backward = False
                 if g is None:
-                    b = self.bopen
-                    if b is not None and self.bw1 < 0 and self.cur_get() is b:
-                        self.bw0 = t0
-                        self.bw1 = t1
-                    else:
+                    if not self._pack(4, t0, t1):
                         self.child("backward", t0, t1, None)
                 else:
                     self.child("backward", t0, t1, {"__gpu": cuda.stop(g)})  # type: ignore[union-attr]
@@ -222,11 +212,7 @@ class Hooks:
         t1 = perf_counter_ns()
         g = self.ogpu
         if g is None:
-            b = self.bopen
-            if b is not None and self.op1 < 0 and self.cur_get() is b:
-                self.op0 = self.ot0
-                self.op1 = t1
-            else:
+            if not self._pack(6, self.ot0, t1):
                 self.child("optimizer_step", self.ot0, t1, None)
         else:
             self.ogpu = None
@@ -277,7 +263,8 @@ class Hooks:
             try:
                 t1 = perf_counter_ns()
                 if mode == _OWNED:
-                    if not h.owners["data_load"]:  # else the owner (a callback) times fetches
+                    # (else the owner, a callback, times fetches itself)
+                    if not h.owners["data_load"] and not h._pack(0, t0, t1):
                         h.child("data_load", t0, t1, None)
                     return item
                 h._open_batch(p, t0, t1)
@@ -318,10 +305,11 @@ class Hooks:
         s.tb = tb
         s.start = t0
         p.batch = s
-        p.f0 = t0
-        p.f1 = t1
-        self.bopen = s
-        self.fw1 = self.bw1 = self.op1 = -1
+        self.pk = s.id
+        slots = self.slots
+        slots[0] = t0
+        slots[1] = t1
+        slots[3] = slots[5] = slots[7] = -1
         p.n = n = n + 1
         cuda = self.cuda
         if cuda is not None and cuda.on():
@@ -335,19 +323,11 @@ class Hooks:
             rec.wake()
 
     def _end_batch(self, p: _Pass, end: int) -> None:
-        """Record the open batch with its children packed in (see ``bopen``); the span object
+        """Record the open batch with its children packed in (see ``_pack``); the span object
         stays the innermost scope (closed) until the next batch re-stamps it."""
         s = p.batch
         p.batch = None
-        if self.bopen is s:
-            self.bopen = None
-            # data_load, forward, backward, optimizer_step as (end, start, end, ...): the sealer
-            # writes them as children of this batch (see cirron.core.seal, "packed").
-            packed = (p.f1, self.fw0, self.fw1, self.bw0, self.bw1, self.op0, self.op1)
-            self.fw1 = self.bw1 = self.op1 = -1
-        else:
-            packed = (p.f1, -1, -1, -1, -1, -1, -1)
-        p.f1 = -1
+        packed = self.take(s)
         rec = self.rec
         c = rec.cur.get()
         if c is not s and c is not None:
@@ -383,6 +363,31 @@ class Hooks:
                 next(tb.span_close_seq),
             )
         )
+
+    def _pack(self, k: int, t0: int, t1: int) -> bool:
+        """Hold a child of the innermost batch for that batch's record (``k``: 0 data_load,
+        2 forward, 4 backward, 6 optimizer_step). One record per training step instead of five
+        is most of what keeps the hooks cheap. False: record it as a span of its own (the
+        innermost scope is no packing batch, or this batch already holds one of the kind)."""
+        b = self.cur_get()
+        if b is None or not b.packs or b.tb is None:
+            return False
+        s = self.slots
+        if self.pk != b.id:
+            self.pk = b.id
+            s[1] = s[3] = s[5] = s[7] = -1
+        elif s[k + 1] >= 0:
+            return False
+        s[k] = t0
+        s[k + 1] = t1
+        return True
+
+    def take(self, batch: Any) -> tuple[int, ...] | None:
+        """The children held for ``batch`` (closing now), as its record's packed tuple."""
+        if self.pk != getattr(batch, "id", None):
+            return None
+        self.pk = 0
+        return tuple(self.slots)
 
     def _begin(self, it: Any, p: _Pass | None) -> _Pass:
         """The first fetch of a pass: decide who owns its epoch and batches."""
@@ -482,7 +487,6 @@ class Hooks:
         self.model_fwd.clear()
         self.fdepth = self.odepth = 0
         self.in_backward = False
-        self.bopen = None
 
     def hook_forward(self) -> None:
         """Forward hooks: on each watched model, or torch's global module hooks while none is."""
@@ -538,8 +542,7 @@ class Hooks:
         rec = self.rec
         b, outer = p.batch, p.outer
         p.batch = p.outer = p.gpu = None
-        if self.bopen is b:
-            self.bopen = None
+        fetch = self.take(b) if b is not None else None
         if self.epoch_pass is p:
             self.epoch_pass = None
         self._pop_batch_scope(p)
@@ -551,9 +554,8 @@ class Hooks:
                     rec.cur.set(s.parent)
         if outer is not None and outer.name == "epoch":
             self.epoch_n -= 1
-        if p.f1 >= 0:
-            rec.child("data_load", p.f0, p.f1, None)
-            p.f1 = -1
+        if fetch is not None and fetch[1] >= 0:  # the pass's one fetch stays, as a data_load
+            rec.child("data_load", fetch[0], fetch[1], None)
 
     # -- snapshots and session ------------------------------------------------------------------
     def on_epoch_end(self, scope: Any) -> None:
