@@ -8,7 +8,9 @@
 2. A whole tiny-model ``fit`` (an MLP, one epoch, numpy data) without the callback and with it,
    interleaved in one process (ABBA order), medians. One session (``frameworks=[]``) stays open
    throughout; "with" passes a default ``CirronCallback()`` (per-batch marks, data_load, weight
-   snapshots at epoch end), "without" passes none, so nothing records. Budget ≤ 3 %.
+   snapshots at epoch end), "without" passes none, so nothing records. Every fit ends with
+   ``ci.flush()`` inside its timed region: sealing and writing its records are charged to it.
+   TensorFlow (or torch) runs with one thread per pool, as the torch benches do. Budget ≤ 3 %.
 
     .venv/bin/python benchmarks/bench_keras.py                 # full run (~2 min)
     .venv/bin/python benchmarks/bench_keras.py --quick         # a smoke run (~40 s)
@@ -37,6 +39,19 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+if os.environ["KERAS_BACKEND"] == "tensorflow":
+    # One intra-op and one inter-op thread, as torch.set_num_threads(1) in the torch benches:
+    # with TF's default pools on a 2-core machine, about one fit in six takes ~330 ms instead
+    # of ~190 ms, with or without cirron, which made the ratio unmeasurable.
+    import tensorflow as tf
+
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+elif os.environ["KERAS_BACKEND"] == "torch":
+    import torch
+
+    torch.set_num_threads(1)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -145,6 +160,7 @@ def bench_fit(batches: int, rounds: int) -> dict[str, Any]:
         gc.collect()
         t0 = perf_counter_ns()
         model.fit(x, y, batch_size=32, epochs=1, verbose=0, shuffle=False, callbacks=callbacks)
+        ci.flush()  # sealing and writing the fit's records count too (nothing, without)
         return (perf_counter_ns() - t0) / 1e6
 
     b: list[float] = []
@@ -159,7 +175,6 @@ def bench_fit(batches: int, rounds: int) -> dict[str, Any]:
             order = ((b, None), (w, True)) if r % 2 == 0 else ((w, True), (b, None))
             for out, cb in order:
                 out.append(fit([CirronCallback()] if cb else None))
-            ci.flush()
         ci.shutdown()
     ratios = sorted(wi / bi for wi, bi in zip(w, b, strict=True))
     return {

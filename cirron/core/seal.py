@@ -331,6 +331,10 @@ class Sealer:
                             child % (cid, child_name, bid, t0 + off, max(t1, t0) + off) + child_tail
                         )
                 et = None
+            if type(attrs) is dict and len(attrs) == 1:  # a callback's batch: data_load_ns only
+                v = attrs.get("data_load_ns")
+                if type(v) is int:
+                    attrs = v
             if et is not None or not (attrs is None or type(attrs) is int) or sid in truncated:
                 out.append(self._span_text(sid, parent, name, index, start, end, attrs, et, tid))
                 continue

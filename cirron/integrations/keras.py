@@ -389,8 +389,10 @@ class CirronCallback(keras.callbacks.Callback):  # type: ignore[misc]
             t = ft  # the end hook ran after the next batch had begun
         li, le = loop.last
         rec = self._rec
+        children = None
         if li == first - 1 and le < s.start and self.data_load:
-            rec.span("data_load", le, s.start, parent=s)
+            # data_load packed into the batch's record (see Scope.close): one record, not two
+            children = (le, s.start, -1, -1, -1, -1, -1, -1)
             s.attrs["data_load_ns"] = s.start - le
             s.start = le
         if logs and loop.marks and not first % loop.every:
@@ -406,7 +408,7 @@ class CirronCallback(keras.callbacks.Callback):  # type: ignore[misc]
         loop.last = (batch, t)
         if batch > loop.max_end:
             loop.max_end = batch
-        s.close(t)
+        s.close(t, children)
 
     # -- loop ends --------------------------------------------------------------------------------
     def _close_container(self, loop: _Loop) -> None:
