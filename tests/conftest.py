@@ -35,6 +35,7 @@ _NEEDS = {
     "test_sklearn_checks.py": ("sklearn",),
     "test_keras.py": ("keras", "tensorflow"),
     "test_keras_torch.py": ("keras", "torch"),
+    "test_keras_jax.py": ("keras", "jax"),
 }
 _missing = {m for mods in _NEEDS.values() for m in mods if importlib.util.find_spec(m) is None}
 if _missing and os.environ.get("CIRRON_REQUIRE_ALL_FRAMEWORKS") == "1":

@@ -54,11 +54,22 @@ class _Loop:
     ``scope`` is the container span (epoch / validation / test / predict). ``open`` maps a batch's
     begin index to its open scope. ``last`` is ``(end index, end ns)`` of the latest closed batch
     (the start of the next ``data_load``). ``fence`` is ``(begin index, ns)`` of the latest batch
-    begun on the training thread: a batch that ends later than the next one began (its end hook
-    ran late on a worker thread) is clipped to that instant.
+    begun on the training thread, ``begins`` the begin times of recent batches by index: a batch
+    that ends later than the next one began (its end hook ran late on a worker thread, possibly
+    after several more batches began) is clipped to the instant the next one began.
     """
 
-    __slots__ = ("attrs", "every", "fence", "last", "marks", "max_end", "open", "scope")
+    __slots__ = (
+        "attrs",
+        "begins",
+        "every",
+        "fence",
+        "last",
+        "marks",
+        "max_end",
+        "open",
+        "scope",
+    )
 
     def __init__(self, scope: Any, attrs: dict[str, Any], marks: bool, every: int) -> None:
         self.scope = scope
@@ -68,6 +79,7 @@ class _Loop:
         self.open: dict[int, Any] = {}
         self.last = (-1, scope.start)
         self.fence = (-1, scope.start)
+        self.begins: dict[int, int] = {}
         self.max_end = -1
 
 
@@ -368,6 +380,7 @@ class CirronCallback(keras.callbacks.Callback):  # type: ignore[misc]
         # Hot path, training thread: one clock read, one scope opened under the loop's span.
         t = perf_counter_ns()
         loop.fence = (batch, t)
+        loop.begins[batch] = t
         rec = self._rec
         rec.cur.set(loop.scope)
         s = rec.Scope("batch", batch, **loop.attrs)
@@ -385,8 +398,13 @@ class CirronCallback(keras.callbacks.Callback):  # type: ignore[misc]
                 return
         first = s.index
         fi, ft = loop.fence
-        if fi > first and ft < t:
-            t = ft  # the end hook ran after the next batch had begun
+        begins = loop.begins
+        if fi > first and ft < t:  # the end hook ran after the next batch had begun: clip
+            nxt = begins.get(first + 1)
+            if nxt is None:  # steps_per_execution > 1: the next begin index is further on
+                nxt = min((v for b, v in list(begins.items()) if b > first), default=ft)
+            t = min(t, nxt)
+        begins.pop(first - _BEGINS_KEPT, None)
         li, le = loop.last
         rec = self._rec
         children = None
@@ -457,6 +475,8 @@ class CirronCallback(keras.callbacks.Callback):  # type: ignore[misc]
 # "data_load": this callback records the gap between batches itself, so the torch DataLoader
 # hooks add no second data_load (the fetch runs before Keras' batch-begin hook).
 OWNED_LEVELS = ("epoch", "batch", "data_load")
+_BEGINS_KEPT = 64  # begin times kept per loop: a batch end later than this many begins is
+# clipped to the latest begin instead
 
 
 def _pop_oldest(open_: dict[int, Any], batch: int) -> Any:
