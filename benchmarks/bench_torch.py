@@ -7,6 +7,12 @@ is charged to it too (the flusher shares the GIL with the loop: its CPU is overh
 pays). We report medians of the per-step times and their ratio. ``torch.set_num_threads(1)`` keeps a 2-core machine's numbers
 steady. The snapshot benchmark times the statistics of a 25M-parameter model directly.
 
+``mlp_floor`` is a reference, not cirron: the same MLP loop with trivial hooks at the very
+points cirron hooks (forward pre/post hooks on the model, ``torch.autograd.backward``, the
+optimizer's step pre/post hooks, ``DataLoader`` iterators' ``__next__``), each appending one
+clock read to a list, and ``loss.item()`` per step. It is what any profiler built on these
+hooks pays at least on this machine, before recording anything.
+
     python benchmarks/bench_torch.py [--quick]     # writes benchmarks/results/torch.json
 """
 
@@ -106,6 +112,66 @@ def epoch_explicit(model: nn.Module, opt: Any, data: DataLoader[Any]) -> int:
     return n
 
 
+def epoch_floor(model: nn.Module, opt: Any, data: DataLoader[Any]) -> int:
+    n = 0
+    sink = _FLOOR_TIMES.append
+    for x, y in data:
+        loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sink(loss.item())
+        n += 1
+    return n
+
+
+_FLOOR_TIMES: list[Any] = []
+
+
+def trivial_hooks(model: nn.Module) -> Callable[[], None]:
+    """Install the floor's hooks (see the module docstring); returns their removal."""
+    from time import perf_counter_ns as clock
+
+    import torch.optim.optimizer as optim_mod
+    from torch.utils.data import dataloader as dl_mod
+
+    add = _FLOOR_TIMES.append
+    it_cls = dl_mod._BaseDataLoaderIter
+    orig_next = it_cls.__dict__["__next__"]
+    orig_backward = torch.autograd.backward
+
+    def __next__(self: Any) -> Any:
+        add(clock())
+        item = orig_next(self)
+        add(clock())
+        return item
+
+    def backward(*args: Any, **kwargs: Any) -> Any:
+        add(clock())
+        try:
+            return orig_backward(*args, **kwargs)
+        finally:
+            add(clock())
+
+    handles = [
+        model.register_forward_pre_hook(lambda m, a: add(clock())),
+        model.register_forward_hook(lambda m, a, o: add(clock()), always_call=True),
+        optim_mod.register_optimizer_step_pre_hook(lambda o, a, k: add(clock())),
+        optim_mod.register_optimizer_step_post_hook(lambda o, a, k: add(clock())),
+    ]
+    it_cls.__next__ = __next__  # type: ignore[method-assign,assignment]
+    torch.autograd.backward = backward
+
+    def remove() -> None:
+        for h in handles:
+            h.remove()
+        it_cls.__next__ = orig_next  # type: ignore[method-assign]
+        torch.autograd.backward = orig_backward
+        _FLOOR_TIMES.clear()
+
+    return remove
+
+
 def per_step(run: Callable[[], int], *, flush: bool = False) -> float:
     t0 = time.perf_counter_ns()
     n = run()
@@ -119,6 +185,8 @@ def compare(
     profiled: Callable[..., int],
     rounds: int,
     spool: Path,
+    *,
+    floor: bool = False,
 ) -> dict[str, Any]:
     torch.manual_seed(0)
     model, data = make()
@@ -131,6 +199,10 @@ def compare(
         for which in (0, 1) if r % 2 == 0 else (1, 0):
             if which == 0:
                 bare.append(per_step(lambda: epoch_bare(model, opt, data)))
+            elif floor:
+                remove = trivial_hooks(model)
+                prof.append(per_step(lambda: profiled(model, opt, data)))
+                remove()
             else:
                 ci.profile(path=spool)
                 ci.watch(model)
@@ -186,6 +258,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         spool = Path(tmp) / ".cirron"
         results["mlp_hooks"] = compare(mlp, epoch_hooks, rounds, spool)
+        results["mlp_floor"] = compare(mlp, epoch_floor, rounds, spool, floor=True)
         results["cnn_hooks"] = compare(cnn, epoch_hooks, rounds, spool)
         results["mlp_epochs_batches"] = compare(mlp, epoch_explicit, rounds, spool)
     results["snapshot_25m_cpu"] = snapshot_25m(3 if args.quick else 7)
@@ -199,6 +272,11 @@ def main() -> None:
             f"{name:<22}{r['bare_us_per_step']:>14}{r['profiled_us_per_step']:>16}"
             f"{r['ratio']:>9.3f}{r['ratio_of_minimums']:>11.3f}{budget:>9.2f}"
         )
+    r = results["mlp_floor"]
+    print(
+        f"{'mlp_floor (no cirron)':<22}{r['bare_us_per_step']:>14}{r['profiled_us_per_step']:>16}"
+        f"{r['ratio']:>9.3f}{r['ratio_of_minimums']:>11.3f}{'-':>9}"
+    )
     s = results["snapshot_25m_cpu"]
     print(
         f"snapshot stats, {s['parameters']:,} params: weights {s['weights_ms']} ms, "
