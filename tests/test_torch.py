@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -646,6 +647,61 @@ def test_cuda_step_adds_no_synchronisation_and_records_gpu_time() -> None:
     assert epoch["memory_peak_bytes"] > 0
     assert json.dumps(data.snapshots)  # CUDA statistics made it to the spool
     assert session(data)["attrs"]["device"].startswith("cuda")
+
+
+class _CpuEvent:
+    """Stands in for ``torch.cuda.Event`` where no GPU exists: a clock read at ``record``."""
+
+    def record(self) -> None:
+        self.t = time.perf_counter_ns()
+
+    def query(self) -> bool:
+        return True
+
+    def elapsed_time(self, end: _CpuEvent) -> float:
+        return (end.t - self.t) / 1e6
+
+
+def test_gpu_timing_plumbing_reaches_every_timed_span_without_a_gpu() -> None:
+    """The path a CUDA step takes through the hooks and the sealer (event pairs in internal
+    attrs, resolved at seal time into gpu_ns and memory_peak_bytes), driven by CPU stand-ins
+    for the events and allocator counters. The real CUDA test above needs a GPU; this one keeps
+    the plumbing covered everywhere."""
+    from cirron.integrations.torch_cuda import CudaTiming
+
+    class CpuTiming(CudaTiming):
+        def on(self) -> bool:
+            return True
+
+        def _event(self) -> Any:
+            ev = self._pool.pop() if self._pool else _CpuEvent()
+            ev.record()
+            return ev
+
+        def reset_peak(self) -> None:
+            pass
+
+        def peak(self) -> int:
+            return 4096
+
+    p = ci.profile()
+    h = p._torch_hooks
+    h.cuda = CpuTiming.__new__(CpuTiming)
+    h.cuda._pool, h.cuda.resolved, h.cuda.failed = [], 0, 0
+    p.sealer.span_resolvers.append(h.cuda.resolve)
+    model, opt, loader = tiny()
+    ci.watch(model)
+    for x, y in loader:
+        step(model, opt, x, y)
+    data = read()
+    assert shape(data, session(data)["id"]) == bare_tree(1, 3)
+    for s in data.spans.values():
+        if s["name"] in ("forward", "backward", "optimizer_step", "batch"):
+            assert isinstance(s["gpu_ns"], int) and s["gpu_ns"] >= 0, s
+        if s["name"] in ("batch", "epoch"):
+            assert s["memory_peak_bytes"] == 4096, s
+        assert not any(k.startswith("__") for k in s["attrs"]), s
+    assert h.cuda.failed == 0 and h.cuda.resolved == 3 * 4
 
 
 def test_a_framework_owning_the_step_silences_the_child_hooks() -> None:
