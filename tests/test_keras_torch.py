@@ -8,23 +8,21 @@ On this backend Keras runs the callback's batch-end hooks on worker threads (``a
 from __future__ import annotations
 
 import importlib.util
-import itertools
-import os
-import subprocess
-import sys
-import textwrap
-import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import cirron as ci
-from tests.test_keras import Spool, assert_clean, data, epoch_tree, import_keras, tiny_model
+from tests.helpers.keras_backends import (
+    check_backend_imports_none_of,
+    check_evaluate_predict_and_wrap,
+    check_fit_with_batch_ends_on_worker_threads,
+)
+from tests.test_keras import Spool, assert_clean, data, import_keras, tiny_model
 
 pytestmark = pytest.mark.keras_torch
 
-REPO = Path(__file__).resolve().parents[1]
 HAVE_TORCH_ADAPTER = importlib.util.find_spec("cirron.integrations.torch") is not None
 
 
@@ -45,78 +43,15 @@ def test_keras_keeps_async_batch_end_dispatch_with_the_callback(keras: Any, cb_c
 
 
 def test_fit_tree_with_batch_ends_on_worker_threads(keras: Any, cb_cls: Any) -> None:
-    ci.profile(frameworks=[])
-    model = tiny_model(keras)
-    x, y = data()
-    model.fit(x, y, batch_size=8, epochs=2, validation_split=0.25, verbose=0, callbacks=[cb_cls()])
-    assert_clean()
-    ci.shutdown()
-    sp = Spool()
-    assert sp.tree(skip=("data_load",)) == [epoch_tree(6, 2, e, data_load=False) for e in range(2)]
-    main = threading.get_ident()
-    batches = sp.named("batch")
-    assert any(b["thread_id"] != main for b in batches), "Keras ran every batch end inline"
-    for epoch in sp.named("epoch"):
-        train = [c for c in sp.children(epoch) if c["name"] == "batch"]
-        for a, b in itertools.pairwise(train):
-            assert a["end_ns"] <= b["start_ns"] or a["end_ns"] == b["start_ns"]
-        for b in train:
-            assert set(sp.marks_of(b, "point")) == {"loss", "mae"}
-            kids = sp.children(b)
-            assert [k["name"] for k in kids] in ([], ["data_load"])
-        summary = sp.marks_of(epoch, "summary")
-        assert {"loss", "val_loss", "learning_rate", "batch_size", "samples_per_second"} <= set(
-            summary
-        )
-    assert len(sp.snapshots) == 2 * len(model.weights)
+    check_fit_with_batch_ends_on_worker_threads(keras, cb_cls)
 
 
 def test_evaluate_predict_and_wrap_on_torch(keras: Any) -> None:
-    ci.profile(frameworks=[])
-    model = ci.wrap(tiny_model(keras))
-    x, y = data()
-    model.fit(x, y, batch_size=32, epochs=1, verbose=0)
-    model.evaluate(x, y, batch_size=32, verbose=0)
-    model.predict(x, batch_size=32, verbose=0)
-    ci.shutdown()
-    sp = Spool()
-    assert sp.tree(skip=("data_load",)) == [
-        ("epoch", 0, [("batch", 0, []), ("batch", 1, [])]),
-        ("test", None, [("batch", 0, "test", []), ("batch", 1, "test", [])]),
-        ("predict", None, [("batch", 0, "predict", []), ("batch", 1, "predict", [])]),
-    ]
+    check_evaluate_predict_and_wrap(keras)
 
 
 def test_torch_backend_never_imports_tensorflow(tmp_path: Path) -> None:
-    script = textwrap.dedent("""
-        import os, sys
-        os.environ["KERAS_BACKEND"] = "torch"
-        import numpy as np, keras, cirron as ci
-        from cirron.integrations.keras import CirronCallback
-        ci.profile(frameworks=[])
-        m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
-        m.compile(optimizer="sgd", loss="mse")
-        x = np.zeros((16, 4), "float32"); y = np.zeros((16, 1), "float32")
-        m.fit(x, y, batch_size=8, epochs=2, validation_split=0.5, verbose=0,
-              callbacks=[CirronCallback()])
-        ci.wrap(m).evaluate(x, y, verbose=0); m.predict(x, verbose=0)
-        ci.shutdown()
-        loaded = sorted(k for k in sys.modules if k == "tensorflow" or k.startswith("tensorflow."))
-        print("TF_MODULES", loaded)
-    """)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CIRRON_")}
-    env["PYTHONPATH"] = str(REPO)
-    out = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "TF_MODULES []" in out.stdout, out.stdout + out.stderr[-2000:]
-    assert len(Spool(tmp_path / ".cirron").named("epoch")) == 2
+    check_backend_imports_none_of(tmp_path, "torch", ("tensorflow",))
 
 
 def _fit_with_torch_hooks(keras: Any, fit: Any) -> Spool:

@@ -52,6 +52,17 @@ def read(root: Path | None = None) -> trace.TraceData:
     return trace.load(load_batches(root or Path.cwd()))
 
 
+def watched_epoch() -> trace.TraceData:
+    """One epoch of the bare loop over a watched tiny model, read back; its tree checked."""
+    model, opt, loader = tiny()
+    ci.watch(model)
+    for x, y in loader:
+        step(model, opt, x, y)
+    data = read()
+    assert shape(data, session(data)["id"]) == bare_tree(1, 3)
+    return data
+
+
 def kids(data: trace.TraceData, parent: str | None) -> list[dict[str, Any]]:
     out = [s for s in data.spans.values() if s["parent_id"] == parent]
     return sorted(out, key=lambda s: (s["start_ns"], s["end_ns"]))
@@ -505,12 +516,7 @@ def test_install_is_idempotent() -> None:
     c = ci._get()
     assert adapter.install(c, p) is None
     assert len(module._global_forward_pre_hooks) == 1
-    model, opt, loader = tiny()
-    ci.watch(model)
-    for x, y in loader:
-        step(model, opt, x, y)
-    data = read()
-    assert shape(data, session(data)["id"]) == bare_tree(1, 3)
+    watched_epoch()
 
 
 def test_wrap_watches_a_module_and_returns_it() -> None:
@@ -689,12 +695,7 @@ def test_gpu_timing_plumbing_reaches_every_timed_span_without_a_gpu() -> None:
     h.cuda = CpuTiming.__new__(CpuTiming)
     h.cuda._pool, h.cuda.resolved, h.cuda.failed = [], 0, 0
     p.sealer.span_resolvers.append(h.cuda.resolve)
-    model, opt, loader = tiny()
-    ci.watch(model)
-    for x, y in loader:
-        step(model, opt, x, y)
-    data = read()
-    assert shape(data, session(data)["id"]) == bare_tree(1, 3)
+    data = watched_epoch()
     for s in data.spans.values():
         if s["name"] in ("forward", "backward", "optimizer_step", "batch"):
             assert isinstance(s["gpu_ns"], int) and s["gpu_ns"] >= 0, s

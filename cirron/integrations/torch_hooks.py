@@ -87,7 +87,7 @@ class Hooks:
         self.odepth = 0
         self.ot0 = 0
         self.ogpu: Any = None
-        # Children of the innermost batch, held for its record (see _pack): the batch's id,
+        # Children of the innermost batch, held for its record (see _put): the batch's id,
         # then start/end of data_load, forward, backward, optimizer_step (-1: none yet).
         self.cur_get = rec.cur.get
         self.pk = 0
@@ -151,8 +151,7 @@ class Hooks:
         t1 = perf_counter_ns()
         g = self.fgpu
         if g is None:
-            if not self._pack(2, self.ft0, t1):
-                self.child("forward", self.ft0, t1, None)
+            self._put(2, "forward", self.ft0, t1)
         else:
             self.fgpu = None
             self.child("forward", self.ft0, t1, {"__gpu": self.cuda.stop(g)})  # type: ignore[union-attr]
@@ -183,8 +182,7 @@ class Hooks:
                 t1 = perf_counter_ns()
                 self.in_backward = False
                 if g is None:
-                    if not self._pack(4, t0, t1):
-                        self.child("backward", t0, t1, None)
+                    self._put(4, "backward", t0, t1)
                 else:
                     self.child("backward", t0, t1, {"__gpu": cuda.stop(g)})  # type: ignore[union-attr]
 
@@ -212,8 +210,7 @@ class Hooks:
         t1 = perf_counter_ns()
         g = self.ogpu
         if g is None:
-            if not self._pack(6, self.ot0, t1):
-                self.child("optimizer_step", self.ot0, t1, None)
+            self._put(6, "optimizer_step", self.ot0, t1)
         else:
             self.ogpu = None
             self.child("optimizer_step", self.ot0, t1, {"__gpu": self.cuda.stop(g)})  # type: ignore[union-attr]
@@ -264,8 +261,8 @@ class Hooks:
                 t1 = perf_counter_ns()
                 if mode == _OWNED:
                     # (else the owner, a callback, times fetches itself)
-                    if not h.owners["data_load"] and not h._pack(0, t0, t1):
-                        h.child("data_load", t0, t1, None)
+                    if not h.owners["data_load"]:
+                        h._put(0, "data_load", t0, t1)
                     return item
                 h._open_batch(p, t0, t1)
             except Exception as exc:
@@ -323,7 +320,7 @@ class Hooks:
             rec.wake()
 
     def _end_batch(self, p: _Pass, end: int) -> None:
-        """Record the open batch with its children packed in (see ``_pack``); the span object
+        """Record the open batch with its children packed in (see ``_put``); the span object
         stays the innermost scope (closed) until the next batch re-stamps it."""
         s = p.batch
         p.batch = None
@@ -364,23 +361,23 @@ class Hooks:
             )
         )
 
-    def _pack(self, k: int, t0: int, t1: int) -> bool:
-        """Hold a child of the innermost batch for that batch's record (``k``: 0 data_load,
-        2 forward, 4 backward, 6 optimizer_step). One record per training step instead of five
-        is most of what keeps the hooks cheap. False: record it as a span of its own (the
-        innermost scope is no packing batch, or this batch already holds one of the kind)."""
+    def _put(self, k: int, name: str, t0: int, t1: int) -> None:
+        """Record a child of the innermost scope. Under a packing batch it is held for that
+        batch's one record (``k``: 0 data_load, 2 forward, 4 backward, 6 optimizer_step): one
+        record per training step instead of five is most of what keeps the hooks cheap. Else,
+        or when the batch already holds one of the kind (two models, two optimizers), it is a
+        span of its own."""
         b = self.cur_get()
-        if b is None or not b.packs or b.tb is None:
-            return False
-        s = self.slots
-        if self.pk != b.id:
-            self.pk = b.id
-            s[1] = s[3] = s[5] = s[7] = -1
-        elif s[k + 1] >= 0:
-            return False
-        s[k] = t0
-        s[k + 1] = t1
-        return True
+        if b is not None and b.packs and b.tb is not None:
+            s = self.slots
+            if self.pk != b.id:
+                self.pk = b.id
+                s[1] = s[3] = s[5] = s[7] = -1
+            if s[k + 1] < 0:
+                s[k] = t0
+                s[k + 1] = t1
+                return
+        self.child(name, t0, t1, None)
 
     def take(self, batch: Any) -> tuple[int, ...] | None:
         """The children held for ``batch`` (closing now), as its record's packed tuple."""
