@@ -644,3 +644,32 @@ print(json.dumps(ids))
     first, first_child, second, second_child = json.loads(r.stdout.strip().splitlines()[-1])
     assert first == first_child and second == second_child  # a child joins its parent's run
     assert first != second  # a new session of the same process is a new run
+
+
+def test_a_batch_closed_with_packed_children_is_written_with_each_child_as_a_span() -> None:
+    """``Scope.close(end, children)``: the sealer writes each child that happened (end >= 0) as
+    a span under the batch, with an id of its own, also for a batch id of an unusual shape."""
+    ci.profile(frameworks=[])
+    rec = ci._get()._rec
+    ids = []
+    for _ in ci.epochs(range(1)):
+        for odd in (False, True):
+            s = rec.open("batch", int(odd))
+            if odd:
+                s.id |= 1 << 60  # not a shape recorded ids have: children get fresh ids
+            t = s.start
+            s.close(t + 100, (t, t + 10, t + 10, t + 40, -1, -1, t + 50, t + 90))
+            ids.append(format(s.id, "032x"))
+    spans = by_id(finish())
+    for bid in ids:
+        kids = sorted((c for c in spans.values() if c["parent_id"] == bid), key=lambda c: c["name"])
+        assert [c["name"] for c in kids] == ["data_load", "forward", "optimizer_step"]
+        start = spans[bid]["start_ns"]
+        assert [(c["start_ns"] - start, c["end_ns"] - start) for c in kids] == [
+            (0, 10),
+            (10, 40),
+            (50, 90),
+        ]
+    child_ids = [c["id"] for c in spans.values() if c["parent_id"] in ids]
+    assert len(child_ids) == len(set(child_ids)) == 6
+    assert not set(child_ids) & set(ids)

@@ -301,9 +301,9 @@ class Sealer:
         parents: dict[Any, str] = {None: "null"}
         child = '{"id":"%s","name":"%s","parent_id":"%s","index":null,"start_ns":%d,"end_ns":%d'
         child_tail = head + '{},"mark_ids":[]' + tail
-        # Unpacked children's ids: the batch's with hex digit 16 set to 1-4. Recorded ids have
-        # a 0 there while the thread number stays below 2**20 (see ThreadBuffer); else fresh ids.
-        derive = tb.number < (1 << 20)
+        # Unpacked children's ids: the batch's with hex digit 16 set to 1-4. Span ids have a 0
+        # there (marks an 8 or more) while the opening thread's number is below 2**20 (see
+        # ThreadBuffer); a batch id without it gets fresh ids for its children.
         new_id = self.rec.buffer().span_ids.__next__
         for _ in range(len(q)):  # what is buffered now (see _drain_marks)
             try:
@@ -319,6 +319,7 @@ class Sealer:
                 # data_load, forward, backward, optimizer_step; end -1 where none happened.
                 bid = "%032x" % sid
                 head16, tail15 = bid[:16], bid[17:]
+                derive = bid[16] == "0"
                 for digit, child_name, t0, t1 in (
                     ("1", "data_load", et[0], et[1]),
                     ("2", "forward", et[2], et[3]),

@@ -334,8 +334,8 @@ class Hooks:
         s.tb = None
         tb = rec.buffer()  # the closing thread's: sequence numbers stay single-writer
         attrs = s.attrs
-        if len(attrs) != (len(p.battrs) if p.battrs else 0):  # changed while open: keep it
-            s.attrs = dict(p.battrs or ())  # for this batch only
+        if attrs and attrs != p.battrs:  # changed while open: this batch keeps its own
+            s.attrs = dict(p.battrs or ())
         g = p.gpu
         if g is not None:
             p.gpu = None
