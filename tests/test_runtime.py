@@ -673,3 +673,31 @@ def test_a_batch_closed_with_packed_children_is_written_with_each_child_as_a_spa
     child_ids = [c["id"] for c in spans.values() if c["parent_id"] in ids]
     assert len(child_ids) == len(set(child_ids)) == 6
     assert not set(child_ids) & set(ids)
+
+
+def test_marks_on_attaches_numeric_values_to_the_given_scope_and_skips_the_rest() -> None:
+    """A framework callback's logs for a batch: marked on that batch whatever is innermost,
+    numbers only (ints, floats, numpy scalars), nothing raised for the rest."""
+    ci.profile(frameworks=[])
+    rec = ci._get()._rec
+    with ci.scope("outer") as outer, ci.scope("inner"):
+        rec.marks_on(
+            outer,
+            {
+                "loss": 0.5,
+                "step": 3,
+                "acc": np.float32(0.25),
+                "flag": True,
+                "note": "x",
+                "hist": [1, 2],
+                "bad": np.ones(3),
+            },
+        )
+    batches = finish()
+    spans = by_id(batches)
+    (outer_span,) = [s for s in spans.values() if s["name"] == "outer"]
+    marks = {m["name"]: m for b in batches for m in b["marks"]}
+    assert sorted(marks) == ["acc", "loss", "step"]
+    assert {m["span_id"] for m in marks.values()} == {outer_span["id"]}
+    assert (marks["loss"]["value"], marks["step"]["value"], marks["acc"]["value"]) == (0.5, 3, 0.25)
+    assert ci.health()["drops"]["bad_mark_values"] == 0

@@ -414,15 +414,7 @@ class CirronCallback(keras.callbacks.Callback):  # type: ignore[misc]
             s.attrs["data_load_ns"] = s.start - le
             s.start = le
         if logs and loop.marks and not first % loop.every:
-            cur = rec.cur
-            token = cur.set(s)
-            try:
-                mark = rec.mark
-                for k, v in logs.items():
-                    if type(v) is float or _markable(v):
-                        mark(k, v)
-            finally:
-                cur.reset(token)
+            rec.marks_on(s, logs)
         loop.last = (batch, t)
         if batch > loop.max_end:
             loop.max_end = batch
