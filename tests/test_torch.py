@@ -182,6 +182,30 @@ def test_validation_loader_inside_the_epoch_loop_is_not_an_epoch() -> None:
     assert all(b["attrs"]["phase"] == "validation" for b in kids(data, top[1]["id"]))
 
 
+def test_an_attribute_set_on_one_batch_stays_on_that_batch() -> None:
+    """The pass's batch span object is re-stamped per batch; attributes an adapter sets on the
+    open batch (``rec.current().attrs``) reach that batch's record only."""
+    ci.profile()
+    model, opt, loader = tiny()
+    val = DataLoader(TensorDataset(torch.randn(12, 4)), batch_size=4)
+    for x, y in loader:
+        step(model, opt, x, y)
+    rec = ci._get()._rec
+    with torch.no_grad():
+        for i, (x,) in enumerate(val):
+            model(x)
+            if i == 1:
+                rec.current().attrs["note"] = "slow"
+    data = read()
+    checked = [s for s in data.spans.values() if s["name"] == "batch" and s["attrs"].get("phase")]
+    assert sorted((s["index"], s["attrs"].get("note")) for s in checked) == [
+        (0, None),
+        (1, "slow"),
+        (2, None),
+    ]
+    assert all(s["attrs"]["phase"] == "validation" for s in checked)
+
+
 def test_break_closes_the_epoch_and_the_next_pass_starts_a_new_one() -> None:
     ci.profile()
     model, opt, loader = tiny()

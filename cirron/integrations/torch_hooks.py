@@ -333,9 +333,15 @@ class Hooks:
             return
         s.tb = None
         tb = rec.buffer()  # the closing thread's: sequence numbers stay single-writer
+        # Records never share the dict the open span exposes: an unchanged batch records the
+        # pass's own attrs (handed to no one), a changed one keeps its dict and the span object
+        # gets a fresh copy for the next batch.
         attrs = s.attrs
-        if attrs and attrs != p.battrs:  # changed while open: this batch keeps its own
-            s.attrs = dict(p.battrs or ())
+        if attrs:
+            if attrs == p.battrs:
+                attrs = p.battrs
+            else:
+                s.attrs = dict(p.battrs or ())
         g = p.gpu
         if g is not None:
             p.gpu = None
