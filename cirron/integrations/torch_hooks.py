@@ -599,14 +599,16 @@ class Hooks:
             self.p._torch_hooks = None
 
 
-def _close_batch_scope(s: Any, end_ns: int | None = None) -> None:
+def _close_batch_scope(
+    s: Any, end_ns: int | None = None, children: tuple[int, ...] | None = None
+) -> None:
     """``close()`` of a pass's batch span object: closed from outside (a scope below it exited
-    first), it still records its packed children."""
+    first), it still records the children the hooks hold for it."""
     p = s.pass_
     if p.batch is s:
         p.hooks._end_batch(p, perf_counter_ns() if end_ns is None else end_ns)
     else:
-        Scope.close(s, end_ns)
+        Scope.close(s, end_ns, children)
 
 
 def _iterator_died(slot: list[Any]) -> None:
