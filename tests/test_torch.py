@@ -182,6 +182,25 @@ def test_validation_loader_inside_the_epoch_loop_is_not_an_epoch() -> None:
     assert all(b["attrs"]["phase"] == "validation" for b in kids(data, top[1]["id"]))
 
 
+def test_a_batch_closed_by_a_scope_below_it_keeps_its_children() -> None:
+    """A scope opened before the first fetch exits with the epoch and batch still open above
+    it: both are closed by it (``closed_by_parent``), and the batch keeps the children the
+    hooks held for it."""
+    ci.profile()
+    model, opt, loader = tiny()
+    ci.watch(model)
+    it = iter(loader)
+    with ci.scope("window"):
+        x, y = next(it)
+        step(model, opt, x, y)
+    data = read()
+    (batch,) = [s for s in data.spans.values() if s["name"] == "batch"]
+    assert batch["attrs"]["closed_by_parent"] is True
+    assert sorted(c["name"] for c in kids(data, batch["id"])) == sorted(CHILDREN)
+    (window,) = [s for s in data.spans.values() if s["name"] == "window"]
+    assert [s["name"] for s in kids(data, window["id"])] == ["epoch"]
+
+
 def test_an_attribute_set_on_one_batch_stays_on_that_batch() -> None:
     """The pass's batch span object is re-stamped per batch; attributes an adapter sets on the
     open batch (``rec.current().attrs``) reach that batch's record only."""
