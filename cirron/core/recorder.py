@@ -595,13 +595,18 @@ class Recorder:
         index: int | None = None,
         attrs: dict[str, Any] | None = None,
     ) -> int:
-        """Record a span that already happened (timed by the caller) and return its id."""
+        """Record a span that already happened (timed by the caller) and return its id.
+
+        Without ``parent`` it goes under the innermost open scope. Framework hooks call this a
+        few times per training step: the common case (an open innermost scope) costs no call."""
         try:
             tb = self.tls.tb
         except AttributeError:
             tb = self.new_buffer()
         if parent is None:
-            parent = self.live_parent(self.cur.get())
+            parent = self.cur.get()
+            if parent is not None and parent.tb is None:
+                parent = self.live_parent(parent)
         sid: int = next(tb.span_ids)
         tb.spans.append(
             (
@@ -617,35 +622,6 @@ class Recorder:
             )
         )
         return sid
-
-    def child(self, name: str, start_ns: int, end_ns: int, attrs: dict[str, Any] | None) -> None:
-        """:meth:`span` under the innermost open scope, positional and lean: the framework
-        hooks call it a few times per training step."""
-        try:
-            tb = self.tls.tb
-        except AttributeError:
-            tb = self.new_buffer()
-        f = self.cur.get()
-        if f is None:
-            pid = self.root_id
-        elif f.tb is not None:
-            pid = f.id
-        else:
-            f = self.live_parent(f)
-            pid = f.id if f is not None else self.root_id
-        tb.spans.append(
-            (
-                next(tb.span_ids),
-                pid,
-                name,
-                None,
-                start_ns,
-                end_ns,
-                attrs,
-                None,
-                next(tb.span_close_seq),
-            )
-        )
 
     def new_batch_id(self) -> str:
         """A random 32-hex batch id (UUID4-sized; flusher thread only)."""

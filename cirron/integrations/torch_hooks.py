@@ -79,7 +79,7 @@ class Hooks:
             (rec.Scope,),
             {"__slots__": ("pass_",), "close": _close_batch_scope, "packs": True},
         )
-        self.child = rec.child
+        self.span = rec.span
         self.timing = timing
         self.fdepth = 0
         self.ft0 = 0
@@ -154,7 +154,7 @@ class Hooks:
             self._put(2, "forward", self.ft0, t1)
         else:
             self.fgpu = None
-            self.child("forward", self.ft0, t1, {"__gpu": self.cuda.stop(g)})  # type: ignore[union-attr]
+            self.span("forward", self.ft0, t1, attrs={"__gpu": self.cuda.stop(g)})  # type: ignore[union-attr]
 
     def _sample_amp(self, module: Any) -> None:
         self.sample_amp = False
@@ -184,7 +184,7 @@ class Hooks:
                 if g is None:
                     self._put(4, "backward", t0, t1)
                 else:
-                    self.child("backward", t0, t1, {"__gpu": cuda.stop(g)})  # type: ignore[union-attr]
+                    self.span("backward", t0, t1, attrs={"__gpu": cuda.stop(g)})  # type: ignore[union-attr]
 
         backward.__wrapped__ = orig  # type: ignore[attr-defined]
         return backward
@@ -213,7 +213,7 @@ class Hooks:
             self._put(6, "optimizer_step", self.ot0, t1)
         else:
             self.ogpu = None
-            self.child("optimizer_step", self.ot0, t1, {"__gpu": self.cuda.stop(g)})  # type: ignore[union-attr]
+            self.span("optimizer_step", self.ot0, t1, attrs={"__gpu": self.cuda.stop(g)})  # type: ignore[union-attr]
 
     # -- DataLoader -------------------------------------------------------------------------------
     def new_pass(self, loader: Any, it: Any, start: int) -> None:
@@ -383,7 +383,7 @@ class Hooks:
                 s[k] = t0
                 s[k + 1] = t1
                 return
-        self.child(name, t0, t1, None)
+        self.span(name, t0, t1)
 
     def take(self, batch: Any) -> tuple[int, ...] | None:
         """The children held for ``batch`` (closing now), as its record's packed tuple."""
@@ -558,7 +558,7 @@ class Hooks:
         if outer is not None and outer.name == "epoch":
             self.epoch_n -= 1
         if fetch is not None and fetch[1] >= 0:  # the pass's one fetch stays, as a data_load
-            rec.child("data_load", fetch[0], fetch[1], None)
+            rec.span("data_load", fetch[0], fetch[1])
 
     # -- snapshots and session ------------------------------------------------------------------
     def on_epoch_end(self, scope: Any) -> None:
