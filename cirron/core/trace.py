@@ -419,31 +419,13 @@ def resolve_sessions(data: TraceData, ref: str | None) -> list[str]:
 # -- re-exports of the output side (imported lazily so reading stays cheap) --------------------
 
 
-def render(
-    data: TraceData,
-    *,
-    session_id: str | None = None,
-    format: str = "tree",
-    name: str | None = None,
-    last: int | None = None,
-    depth: int | None = None,
-    min_wall_ns: int | None = None,
-    color: bool = False,
-) -> Any:
-    """The tree text, dict, JSON or DataFrame of a session; see
-    :func:`cirron.core.trace_render.render`."""
+def render(data: TraceData, **options: Any) -> Any:
+    """The tree text, dict, JSON or DataFrame of a session; the keyword options
+    (``session_id``, ``format``, ``name``, ``last``, ``depth``, ``min_wall_ns``, ``color``) are
+    :func:`cirron.core.trace_render.render`'s."""
     from cirron.core.trace_render import render as _render
 
-    return _render(
-        data,
-        session_id=session_id,
-        format=format,
-        name=name,
-        last=last,
-        depth=depth,
-        min_wall_ns=min_wall_ns,
-        color=color,
-    )
+    return _render(data, **options)
 
 
 def summary(data: TraceData, session_id: str | None = None) -> str:
