@@ -8,18 +8,14 @@ module their fixture imported.
 from __future__ import annotations
 
 import itertools
-import os
-import subprocess
-import sys
 import textwrap
 import threading
 from pathlib import Path
 from typing import Any
 
 import cirron as ci
+from tests.helpers.run import run_py
 from tests.test_keras import Spool, assert_clean, data, epoch_tree, tiny_model
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def check_fit_with_batch_ends_on_worker_threads(keras: Any, cb_cls: Any) -> None:
@@ -86,16 +82,7 @@ def check_backend_imports_none_of(tmp_path: Path, backend: str, forbidden: tuple
         heavy = sorted(k for k in sys.modules if k.split(".")[0] in {forbidden!r})
         print("HEAVY", heavy)
     """)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CIRRON_")}
-    env["PYTHONPATH"] = str(REPO)
-    out = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    out = run_py(script, tmp_path, timeout=240)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "HEAVY []" in out.stdout, out.stdout + out.stderr[-2000:]
     assert len(Spool(tmp_path / ".cirron").named("epoch")) == 2
