@@ -20,6 +20,7 @@ import pytest
 import cirron as ci
 import cirron.integrations.onnx as onnx_adapter
 from cirron.integrations.onnx import CirronSession, LatencyStats
+from tests.helpers.adapters import keep_only
 from tests.helpers.schema import load_batches
 
 PROVIDERS = ["CPUExecutionProvider"]
@@ -61,10 +62,7 @@ def torch_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
 @pytest.fixture(autouse=True)
 def _only_these_adapters(monkeypatch: pytest.MonkeyPatch) -> None:
     # torch is imported here to export a model; its hooks are tested by their owner.
-    import cirron.integrations as registry
-
-    kept = {k: v for k, v in registry.FRAMEWORKS.items() if k in ("sklearn", "onnx")}
-    monkeypatch.setattr(registry, "FRAMEWORKS", kept)
+    keep_only(monkeypatch, "sklearn", "onnx")
 
 
 @pytest.fixture

@@ -33,6 +33,7 @@ from sklearn.utils.validation import check_is_fitted
 import cirron as ci
 import cirron.integrations.sklearn as sk
 from cirron.integrations.sklearn import CirronEstimator
+from tests.helpers.adapters import keep_only
 from tests.helpers.schema import load_batches
 
 X, Y = make_classification(n_samples=60, n_features=4, random_state=0)
@@ -42,10 +43,7 @@ X, Y = make_classification(n_samples=60, n_features=4, random_state=0)
 def _only_these_adapters(monkeypatch: pytest.MonkeyPatch) -> None:
     # Other frameworks' hooks (torch may be imported by a neighbouring test) are tested by
     # their owners; autodetect here sees only the adapters under test.
-    import cirron.integrations as registry
-
-    kept = {k: v for k, v in registry.FRAMEWORKS.items() if k in ("sklearn", "onnx")}
-    monkeypatch.setattr(registry, "FRAMEWORKS", kept)
+    keep_only(monkeypatch, "sklearn", "onnx")
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 import cirron as ci
 from cirron.integrations.sklearn import CirronEstimator
+from tests.helpers.adapters import keep_only
 from tests.helpers.schema import load_batches
 
 RECORDED = {
@@ -46,10 +47,7 @@ ESTIMATORS = [
 def _only_these_adapters(monkeypatch: pytest.MonkeyPatch) -> None:
     # Some checks import torch; its hooks are tested by their owner, not here. Profiling
     # itself starts at the wrapper's first call (zero-config), as for a user.
-    import cirron.integrations as registry
-
-    kept = {k: v for k, v in registry.FRAMEWORKS.items() if k in ("sklearn", "onnx")}
-    monkeypatch.setattr(registry, "FRAMEWORKS", kept)
+    keep_only(monkeypatch, "sklearn", "onnx")
 
 
 # Failures that belong to the wrapped estimator, not to the wrapper: scikit-learn's own test
