@@ -125,6 +125,43 @@ _BAD = object()
 _TORCH_TENSORS: set[type] = set()  # torch's own tensor classes, learnt from the first mark
 
 
+# The kinds of child a batch's record can carry packed (Scope.close's ``children``): the index
+# of each kind's start in that tuple; its end follows.
+DATA_LOAD, FORWARD, BACKWARD, OPTIMIZER_STEP = 0, 2, 4, 6
+
+
+class HeldChildren:
+    """Timed children an adapter holds for one batch until the batch closes, then hands to
+    :meth:`Scope.close` packed. One record per training step instead of five is most of what
+    keeps framework hooks cheap."""
+
+    __slots__ = ("batch", "slots")
+
+    def __init__(self) -> None:
+        self.batch = 0  # the id of the batch the slots belong to (0: none)
+        self.slots = [-1] * 8  # start/end per kind (see DATA_LOAD...); end -1: none
+
+    def hold(self, batch_id: int, kind: int, start_ns: int, end_ns: int) -> bool:
+        """Hold a child of ``kind`` for the batch ``batch_id``. False when the batch already
+        holds one of that kind (two models, two optimizers): record it as a span of its own."""
+        s = self.slots
+        if self.batch != batch_id:
+            self.batch = batch_id
+            s[1] = s[3] = s[5] = s[7] = -1
+        elif s[kind + 1] >= 0:
+            return False
+        s[kind] = start_ns
+        s[kind + 1] = end_ns
+        return True
+
+    def take(self, batch_id: int | None) -> tuple[int, ...] | None:
+        """The children held for ``batch_id`` (closing now), packed; None if none."""
+        if self.batch != batch_id:
+            return None
+        self.batch = 0
+        return tuple(self.slots)
+
+
 class ThreadBuffer:
     """One thread's record buffers. Appended by its own thread, drained by the flusher."""
 

@@ -19,6 +19,7 @@ from time import perf_counter_ns
 from typing import Any
 
 from cirron.core.errors import CirronError
+from cirron.core.recorder import BACKWARD, DATA_LOAD, FORWARD, OPTIMIZER_STEP, HeldChildren
 from cirron.integrations.lightning_marks import (
     Scaled,
     batch_size,
@@ -76,10 +77,8 @@ class CallbackHooks:
         self._eval_before: dict[str, Any] = {}
         self._t_prev = 0  # end of the previous batch (or start of the epoch/run)
         self._fwd = self._bwd = self._opt = 0  # pending child span starts, 0 = none
-        # The open batch's children, packed into its record at its close (Scope.close): the
-        # fetch's end, then start/end of forward, backward, optimizer_step; -1 = not (yet).
-        self._dl = -1
-        self._f0 = self._f1 = self._b0 = self._b1 = self._o0 = self._o1 = -1
+        # The open batch's children, packed into its record at its close (Scope.close).
+        self._held = HeldChildren()
         self._n = 0  # training batches since the last loss mark
         self._nb = 0  # training batches in this epoch
         self._bs: int | None = None
@@ -267,7 +266,8 @@ class CallbackHooks:
                 self._batch = None
                 return
             s.start = self._t_prev or now
-            self._dl = self._fwd = now
+            self._held.hold(s.id, DATA_LOAD, s.start, now)
+            self._fwd = now
             self._batch = s
             self._last_batch = batch
             nb = self._nb = self._nb + 1
@@ -284,7 +284,7 @@ class CallbackHooks:
         now = perf_counter_ns()
         f = self._fwd
         if f:
-            self._child(b, "forward", f, now)
+            self._child(b, FORWARD, "forward", f, now)
             self._fwd = 0
         self._bwd = now
 
@@ -293,24 +293,14 @@ class CallbackHooks:
         b = self._batch
         if b is None or not self._bwd:
             return
-        self._child(b, "backward", self._bwd, perf_counter_ns())
+        self._child(b, BACKWARD, "backward", self._bwd, perf_counter_ns())
         self._bwd = 0
 
-    def _child(self, b: Any, name: str, t0: int, t1: int) -> None:
+    def _child(self, b: Any, kind: int, name: str, t0: int, t1: int) -> None:
         """Pack a child into the open batch's record; a second one of a kind in the same
         batch (two optimizers, manual optimisation) becomes a span of its own."""
-        if name == "forward":
-            if self._f1 < 0:
-                self._f0, self._f1 = t0, t1
-                return
-        elif name == "backward":
-            if self._b1 < 0:
-                self._b0, self._b1 = t0, t1
-                return
-        elif self._o1 < 0:
-            self._o0, self._o1 = t0, t1
-            return
-        self._rec.span(name, t0, t1, parent=b)
+        if not self._held.hold(b.id, kind, t0, t1):
+            self._rec.span(name, t0, t1, parent=b)
 
     def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
         # Hot path: the step itself runs next; ``_after_step`` (a torch post-step hook) or the
@@ -323,7 +313,7 @@ class CallbackHooks:
         o = self._opt
         b = self._batch
         if o and b is not None:
-            self._child(b, "optimizer_step", o, perf_counter_ns())
+            self._child(b, OPTIMIZER_STEP, "optimizer_step", o, perf_counter_ns())
             self._opt = 0
 
     def on_train_batch_end(
@@ -337,10 +327,10 @@ class CallbackHooks:
         now = perf_counter_ns()
         try:
             if self._opt:
-                self._child(b, "optimizer_step", self._opt, now)
+                self._child(b, OPTIMIZER_STEP, "optimizer_step", self._opt, now)
                 self._opt = 0
             if self._fwd:  # no backward in this batch (manual optimisation, None loss)
-                self._child(b, "forward", self._fwd, now)
+                self._child(b, FORWARD, "forward", self._fwd, now)
                 self._fwd = 0
             if self._batch_marks:
                 n = self._n = self._n + 1
@@ -359,9 +349,7 @@ class CallbackHooks:
         if b is None:
             return
         self._batch = None
-        packed = (b.start, self._dl, self._f0, self._f1, self._b0, self._b1, self._o0, self._o1)
-        self._dl = self._f1 = self._b1 = self._o1 = -1
-        b.close(end, packed)
+        b.close(end, self._held.take(b.id))
 
     def _mark_loss(self, rec: Any, outputs: Any) -> None:
         # Hot path. A CPU loss is read now; on a device, Lightning's automatic-optimisation
@@ -484,7 +472,7 @@ class CallbackHooks:
             if s.tb is None:
                 return
             s.start = self._t_prev or now
-            self._dl = now
+            self._held.hold(s.id, DATA_LOAD, s.start, now)
             self._batch = s
         except Exception as exc:
             self._fault(f"on_{self._phase}_batch_start", exc)

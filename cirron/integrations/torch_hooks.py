@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch.nn.modules import module as _module
 
-from cirron.core.recorder import MAX_DEPTH, Scope
+from cirron.core.recorder import DATA_LOAD, MAX_DEPTH, HeldChildren, Scope
 from cirron.core.snapshots import SnapshotWriter
 from cirron.integrations.torch_cuda import CudaTiming
 from cirron.integrations.torch_watch import Watched
@@ -87,11 +87,10 @@ class Hooks:
         self.odepth = 0
         self.ot0 = 0
         self.ogpu: Any = None
-        # Children of the innermost batch, held for its record (see _put): the batch's id,
-        # then start/end of data_load, forward, backward, optimizer_step (-1: none yet).
+        # Children of the innermost packing batch, held for its record (see _put).
         self.cur_get = rec.cur.get
-        self.pk = 0
-        self.slots = [-1] * 8
+        self.held = HeldChildren()
+        self.hold = self.held.hold
         self.in_backward = False
         self.backwards = 0  # backward passes seen (a pass that saw none may be dropped)
         self.train_loader: weakref.ref[Any] | None = None
@@ -302,11 +301,7 @@ class Hooks:
         s.tb = tb
         s.start = t0
         p.batch = s
-        self.pk = s.id
-        slots = self.slots
-        slots[0] = t0
-        slots[1] = t1
-        slots[3] = slots[5] = slots[7] = -1
+        self.hold(s.id, DATA_LOAD, t0, t1)
         p.n = n = n + 1
         cuda = self.cuda
         if cuda is not None and cuda.on():
@@ -374,23 +369,13 @@ class Hooks:
         or when the batch already holds one of the kind (two models, two optimizers), it is a
         span of its own."""
         b = self.cur_get()
-        if b is not None and b.packs and b.tb is not None:
-            s = self.slots
-            if self.pk != b.id:
-                self.pk = b.id
-                s[1] = s[3] = s[5] = s[7] = -1
-            if s[k + 1] < 0:
-                s[k] = t0
-                s[k + 1] = t1
-                return
+        if b is not None and b.packs and b.tb is not None and self.hold(b.id, k, t0, t1):
+            return
         self.span(name, t0, t1)
 
     def take(self, batch: Any) -> tuple[int, ...] | None:
         """The children held for ``batch`` (closing now), as its record's packed tuple."""
-        if self.pk != getattr(batch, "id", None):
-            return None
-        self.pk = 0
-        return tuple(self.slots)
+        return self.held.take(getattr(batch, "id", None))
 
     def _begin(self, it: Any, p: _Pass | None) -> _Pass:
         """The first fetch of a pass: decide who owns its epoch and batches."""
