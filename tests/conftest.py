@@ -21,7 +21,8 @@ import pytest
 
 from tests.helpers.schema import spool_files, validate_files
 
-_KEEP = {"CIRRON_TEST_KEEP"}
+# CIRRON_PURE_PYTHON: scripts/test runs the core modules once more on the pure-Python hot path.
+_KEEP = {"CIRRON_TEST_KEEP", "CIRRON_PURE_PYTHON"}
 
 # Test modules that import a framework at module level. Where the framework is absent (tox's
 # `core` environment) they are not collected; where every framework is required (CI), a

@@ -20,6 +20,7 @@ def health_report(cirron: Any) -> dict[str, Any]:
         "transport": "file_only",
         "frameworks_installed": list(p.frameworks) if p is not None else [],
         "scope_depth": cur.depth if cur is not None else 0,
+        "hot_path": rec.hot_path,  # "c" (the built extension) or "python"
         "threads": len(rec.buffers),
         "output_dir": None,
         "outputs": list(p.outputs) if p is not None else [],

@@ -27,7 +27,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from functools import wraps
 from time import perf_counter_ns
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from cirron.core.errors import CirronWarning
 
@@ -201,20 +201,16 @@ class ThreadBuffer:
         return (prefix << 64) | (1 << 63) | (self.number << 40) | seq
 
 
-class Scope:
-    """A timed span: a context manager, a decorator, and the node of the scope tree.
+class _PyScopeCore:
+    """The pure-Python scope fields and ``with`` path: the twin of ``_hot.ScopeCore``.
 
-    >>> import cirron as ci
-    >>> with ci.scope("eval", index=0, split="val"):
-    ...     pass
+    Used when the C extension is missing (no compiler at install time) or
+    ``CIRRON_PURE_PYTHON=1``; ``Recorder(pure=True)`` also runs these methods over the C fields,
+    which is how the tests hold both implementations to one behaviour.
     """
 
-    # ``rec`` is a class attribute: each Recorder makes a subclass bound to itself.
     __slots__ = ("attrs", "depth", "id", "index", "name", "parent", "start", "tb")
     rec: Recorder
-    # Whether framework hooks may hold this span's timed children for its closing record
-    # (``Recorder.packer``); true for the batches of ``ci.batches`` and the torch hooks.
-    packs = False
 
     def __init__(self, name: str, /, index: int | None = None, **attrs: Any) -> None:
         self.name = name
@@ -223,7 +219,7 @@ class Scope:
         self.tb: ThreadBuffer | None = None
 
     # Hot path: written for speed, not for reading.
-    def __enter__(self) -> Scope:
+    def __enter__(self) -> Any:
         r = self.rec
         try:
             tb = r.tls.tb
@@ -238,18 +234,12 @@ class Scope:
                 p = r.live_parent(p)
             d = self.depth = p.depth + 1 if p is not None else 1
             if d > MAX_DEPTH:
-                tb.depth_drops += 1
-                if tb.depth_drops == 1:
-                    r.warn_once(
-                        "depth",
-                        f"cirron: scope {self.name!r} is deeper than {MAX_DEPTH}"
-                        " levels; it is not recorded (the block still runs).",
-                    )
+                r.depth_drop(self, tb, stacklevel=4)
                 return self
         self.parent = p
         self.id = next(tb.span_ids)
         self.tb = tb
-        cur.set(self)
+        cur.set(self)  # type: ignore[arg-type]
         self.start = perf_counter_ns()
         return self
 
@@ -264,7 +254,7 @@ class Scope:
         cur = r.cur
         c = cur.get()
         if c is not self:
-            r.unwind(self, c)
+            r.unwind(self, c)  # type: ignore[arg-type]
         else:
             cur.set(p)
         n = next(tb.span_close_seq)
@@ -284,6 +274,44 @@ class Scope:
         if not n & _WAKE_MASK:  # a burst of spans: seal before the buffer fills
             r.wake()
         return False
+
+
+# The scope hot path in C (cirron/core/_hot.c) when it was built, else in Python (above).
+_hot: Any = None
+if os.environ.get("CIRRON_PURE_PYTHON", "").strip() in ("", "0"):
+    try:
+        from cirron.core import _hot
+    except ImportError:  # built without a C compiler: the pure-Python path, same behaviour
+        _hot = None
+
+#: Which implementation of the scope hot path this process runs: ``"c"`` or ``"python"``.
+HOT_PATH = "c" if _hot is not None else "python"
+
+if TYPE_CHECKING:
+    _ScopeBase = _PyScopeCore
+else:
+    _ScopeBase = _hot.ScopeCore if _hot is not None else _PyScopeCore
+
+
+class Scope(_ScopeBase):
+    """A timed span: a context manager, a decorator, and the node of the scope tree.
+
+    >>> import cirron as ci
+    >>> with ci.scope("eval", index=0, split="val"):
+    ...     pass
+    """
+
+    # ``rec`` (and ``_bind``, the C path's view of it) are class attributes: each Recorder
+    # makes a subclass bound to itself.
+    __slots__ = ()
+    rec: Recorder
+    # Whether framework hooks may hold this span's timed children for its closing record
+    # (``Recorder.packer``); true for the batches of ``ci.batches`` and the torch hooks.
+    packs = False
+
+    if TYPE_CHECKING:
+
+        def __enter__(self) -> Scope: ...
 
     def close(self, end_ns: int | None = None, children: tuple[int, ...] | None = None) -> None:
         """Close the span outside a ``with`` block (framework hooks use this).
@@ -351,11 +379,26 @@ class Recorder:
     One per :class:`cirron.Cirron`. ``Recorder.Scope`` is a :class:`Scope` subclass bound to it.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, pure: bool = False) -> None:
+        """``pure``: run the pure-Python scope path even where the C one is built (tests)."""
         self.cur: contextvars.ContextVar[Scope | None] = contextvars.ContextVar(
             "cirron_scope", default=None
         )
-        self.Scope: type[Scope] = type("Scope", (Scope,), {"__slots__": (), "rec": self})
+        self.bind: Any = None
+        self.tls = threading.local()
+        if _hot is not None:
+            self.bind = _hot.Binding(self, self.cur, self.tls, MAX_DEPTH)
+        body: dict[str, Any] = {"__slots__": (), "rec": self, "_bind": self.bind}
+        if pure:
+            body.update(
+                __init__=_PyScopeCore.__init__,
+                __enter__=_PyScopeCore.__enter__,
+                __exit__=_PyScopeCore.__exit__,
+            )
+        self.hot_path = "python" if pure or _hot is None else "c"
+        if self.hot_path == "c":
+            self.mark = self.bind.mark  # type: ignore[method-assign]
+        self.Scope: type[Scope] = type("Scope", (Scope,), body)
         self.enabled = True
         self._reset_process_state()
         self.root_id: int | None = None  # the open session span's id, else marks say "root"
@@ -384,6 +427,8 @@ class Recorder:
     def _reset_process_state(self) -> None:
         self.prefix = random.SystemRandom().getrandbits(64) | 1
         self.tls = threading.local()
+        if self.bind is not None:
+            self.bind.tls = self.tls  # also forgets the C path's cached buffer
         self.buffers: list[ThreadBuffer] = []
         self._buffer_numbers = itertools.count(1)
         self._buffers_lock = threading.Lock()
@@ -401,10 +446,18 @@ class Recorder:
         for tb in self.buffers:
             tb.marks = deque(maxlen=0)
             tb.spans = deque(maxlen=0)
+        if self.bind is not None:
+            self.bind.forget()  # the C path cached the old deques
+
+    def set_root_id(self, root_id: int | None) -> None:
+        """The session span's id (None: none open), seen by Python and C paths alike."""
+        self.root_id = root_id
+        if self.bind is not None:
+            self.bind.root_id = root_id
 
     def reset_session(self) -> None:
         """After shutdown: forget the session; keep ids and buffers (they are drained)."""
-        self.root_id = None
+        self.set_root_id(None)
         self.structural.clear()
         self.epoch_listeners.clear()
         self.owners = {"epoch": 0, "batch": 0, "step": 0, "data_load": 0}
@@ -459,16 +512,30 @@ class Recorder:
                 frame.close()
         self.cur.set(closing.parent)
 
-    def warn_once(self, key: str, message: str) -> None:
+    def depth_drop(
+        self, scope: Scope | _PyScopeCore, tb: ThreadBuffer, stacklevel: int = 3
+    ) -> None:
+        """A scope deeper than :data:`MAX_DEPTH`: count it, warn once; it is not recorded.
+        ``stacklevel`` points the warning at the user's ``with`` (the C path has no frame)."""
+        tb.depth_drops += 1
+        if tb.depth_drops == 1:
+            self.warn_once(
+                "depth",
+                f"cirron: scope {scope.name!r} is deeper than {MAX_DEPTH}"
+                " levels; it is not recorded (the block still runs).",
+                stacklevel,
+            )
+
+    def warn_once(self, key: str, message: str, stacklevel: int = 3) -> None:
         if key in self._warned:
             return
         self._warned.add(key)
         try:
-            warnings.warn(message, CirronWarning, stacklevel=3)
+            warnings.warn(message, CirronWarning, stacklevel=stacklevel)
         except Exception:  # `-W error` must not turn a warning into an exception in user code
             pass
 
-    def bad_value(self, name: str, value: Any, what: str = "value") -> None:
+    def bad_value(self, name: str, value: Any, what: str = "value", stacklevel: int = 3) -> None:
         self.buffer().bad_values += 1
         if what == "value":
             msg = (
@@ -486,6 +553,7 @@ class Recorder:
             "bad_value",
             msg + " Further bad marks are counted in "
             "ci.health()['drops']['bad_mark_values'] without warning.",
+            stacklevel,
         )
 
     # -- the hot path -----------------------------------------------------------------------
@@ -501,21 +569,16 @@ class Recorder:
         >>> ci.mark("loss", 0.25)
         >>> ci.mark("accuracy", 0.91, kind="summary", split="val")
         """
-        # Hot path: written for speed. ``ci.mark`` is this very method of the default recorder.
+        # Hot path: written for speed. ``ci.mark`` is this very method of the default recorder
+        # (or its C twin, ``Binding.mark``, which calls ``mark_value`` for unusual values).
         try:
             tb = self.tls.tb
         except AttributeError:
             tb = self.new_buffer()
-        tv = type(value)
-        if tv not in _PLAIN:
-            if tv in _TORCH_TENSORS and value.is_cpu and not value.ndim:
-                value = value.item()  # reading a CPU tensor waits for no device
-            else:
-                coerced = _coerce_unusual(value)
-                if coerced is _BAD:
-                    self.bad_value(name, value)
-                    return
-                value = coerced
+        if type(value) not in _PLAIN:
+            value = self.mark_value(name, value, 5)
+            if value is None:
+                return
         # A bad ``kind`` or a non-str name is caught (counted, warned once) at seal time.
         f = self.cur.get()
         n = next(tb.mark_seq)
@@ -534,6 +597,20 @@ class Recorder:
         )
         if not n & _WAKE_MASK and n:
             self.wake()
+
+    def mark_value(self, name: str, value: Any, stacklevel: int = 4) -> Any:
+        """A mark value that is not a plain int/float/str/bool, made recordable: a CPU tensor
+        read now, a device tensor or numpy scalar wrapped or converted. None when it cannot be
+        recorded: then it is counted and warned about once, the warning pointing at the user's
+        ``mark`` call (``stacklevel``: 4 from C's ``Binding.mark``, 5 from ``Recorder.mark``)."""
+        tv = type(value)
+        if tv in _TORCH_TENSORS and value.is_cpu and not value.ndim:
+            return value.item()  # reading a CPU tensor waits for no device
+        coerced = _coerce_unusual(value)
+        if coerced is _BAD:
+            self.bad_value(name, value, "value", stacklevel)
+            return None
+        return coerced
 
     def marks_on(self, scope: Scope, values: dict[str, Any], kind: str = "point") -> None:
         """Record each numeric item of ``values`` as a mark on ``scope`` (open, or closing now),
@@ -666,7 +743,11 @@ class Recorder:
 
     def open_root(self, name: str, attrs: dict[str, Any]) -> Scope:
         """Open the session span: a root that is not pushed on any context's stack, so every
-        thread and task without an open scope attaches to it."""
+        thread and task without an open scope attaches to it. ``health()``'s internal-error
+        count, and its one warning, start afresh with each session."""
+        self.internal_errors = 0
+        self.last_internal_error = None
+        self._warned.discard("internal")
         s = self.Scope(name)
         s.attrs = dict(attrs)
         try:
@@ -678,7 +759,7 @@ class Recorder:
         s.id = next(tb.span_ids)
         s.tb = tb
         s.start = perf_counter_ns()
-        self.root_id = s.id
+        self.set_root_id(s.id)
         self.structural[s.id] = s
         return s
 
@@ -687,7 +768,7 @@ class Recorder:
         if s is not None:
             self.structural.pop(getattr(s, "id", 0), None)
             if self.root_id == getattr(s, "id", None):
-                self.root_id = None
+                self.set_root_id(None)
 
     def close_root(self, s: Scope, attrs: dict[str, Any]) -> None:
         tb = s.tb
@@ -698,7 +779,7 @@ class Recorder:
         s.attrs.update(attrs)
         self.structural.pop(s.id, None)
         if self.root_id == s.id:
-            self.root_id = None
+            self.set_root_id(None)
         tb.spans.append(
             (
                 s.id,

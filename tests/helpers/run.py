@@ -14,7 +14,12 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def child_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CIRRON_")}
+    # Children run the same hot path (C or pure Python) as the test process.
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("CIRRON_") or k == "CIRRON_PURE_PYTHON"
+    }
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     env.update(extra)
     return env
