@@ -119,3 +119,70 @@ def test_schema_shipped_matches_the_published_one() -> None:
     assert json.loads(shipped.read_text())["$id"] == "cirron/spool-batch-v1.schema.json"
     if published.exists():  # beside the repository on the project's machines
         assert json.loads(shipped.read_text()) == json.loads(published.read_text())
+
+
+def test_without_a_c_compiler_it_installs_and_runs_pure_python(tmp_path: Path) -> None:
+    """The C hot path is optional: a build whose compiler fails still gives a working wheel,
+    and cirron then runs its pure-Python twin."""
+    import shutil
+
+    repo = Path(__file__).resolve().parents[1]
+    src = tmp_path / "src"
+    files = subprocess.run(
+        ["git", "ls-files", "cirron", "setup.py", "pyproject.toml", "README.md", "MANIFEST.in"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    for f in files:
+        (src / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(repo / f, src / f)
+    env = child_env(CC="/bin/false")
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path / "w"), "."],
+        cwd=src,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert build.returncode == 0, build.stderr[-2000:]
+    (wheel,) = (tmp_path / "w").glob("cirron_sdk-*.whl")
+    import zipfile
+
+    names = zipfile.ZipFile(wheel).namelist()
+    assert (
+        "cirron/core/recorder.py" in names and "cirron/schema/spool-batch-v1.schema.json" in names
+    )
+    assert not [n for n in names if n.endswith((".so", ".pyd"))]
+    target = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), wheel],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    code = (
+        "import cirron as ci\n"
+        f"assert ci.__file__.startswith({str(target)!r}), ci.__file__\n"
+        "ci.profile(frameworks=[])\n"
+        "with ci.scope('step', 0):\n"
+        "    ci.mark('loss', 0.5)\n"
+        "print(ci.health()['hot_path'])\n"
+        "print(ci.trace(format='dict')['children'][0]['name'])\n"
+        "ci.shutdown()\n"
+    )
+    run_env = dict(env, PYTHONPATH=str(target))
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env=run_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["python", "step"]
+    assert list((tmp_path / ".cirron").rglob("*.json"))
