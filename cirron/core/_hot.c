@@ -270,15 +270,16 @@ Binding_mark(BindingObject *b, PyObject *const *args, Py_ssize_t nargs, PyObject
             value = NULL;
             goto done;
         }
+        /* mark_value ran Python code: another thread may have run meanwhile and left the
+           cache holding its buffer. Look again. */
+        if (thread_buffer(b) < 0) {
+            goto done;
+        }
     }
     else {
         Py_INCREF(value);
     }
-    /* mark_value ran Python code (the cache may now hold another thread's buffer): look
-       again, then hold strong references, as _mark_target runs Python code too. */
-    if (value != args[1] && thread_buffer(b) < 0) {
-        goto done;
-    }
+    /* Strong references: _mark_target runs Python code too. */
     PyObject *mseq = b->cached_mseq, *marks = b->cached_marks;
     Py_INCREF(mseq);
     Py_INCREF(marks);
