@@ -9,7 +9,7 @@ from pathlib import Path
 
 import cirron
 from cirron.core import errors
-from tests.helpers.run import child_env
+from tests.helpers.run import child_env, run_py
 
 FRAMEWORKS = (
     "torch",
@@ -174,15 +174,7 @@ def test_without_a_c_compiler_it_installs_and_runs_pure_python(tmp_path: Path) -
         "print(ci.trace(format='dict')['children'][0]['name'])\n"
         "ci.shutdown()\n"
     )
-    run_env = dict(env, PYTHONPATH=str(target))
-    r = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=tmp_path,
-        env=run_env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    r = run_py(code, tmp_path, env=dict(env, PYTHONPATH=str(target)))
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["python", "step"]
     assert list((tmp_path / ".cirron").rglob("*.json"))
