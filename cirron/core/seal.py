@@ -14,7 +14,7 @@ import math
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from time import perf_counter_ns, time_ns
+from time import perf_counter_ns, sleep, time_ns
 from typing import Any
 
 from cirron._version import __version__
@@ -29,6 +29,11 @@ MARK_IDS_PER_SPAN = 4096
 MAX_RECORDS_PER_BATCH = 20_000
 # Records joined per piece of a batch's text (a few hundred bytes each: pieces of ~64 KB).
 RECORDS_PER_PIECE = 200
+# The flusher shares the GIL with the training thread. A thread waiting for the GIL gets it only
+# when the holder releases it or after the switch interval (5 ms by default), so a drain
+# releases it (sleep(0)) after every 256 records (~0.3 ms of sealing) and the training thread
+# never waits for a whole interval behind it.
+_YIELD_MASK = 0xFF
 
 
 _estr = json.encoder.encode_basestring_ascii  # the C string encoder json.dumps itself uses
@@ -238,7 +243,9 @@ class Sealer:
         # Take what is buffered now, not what arrives meanwhile: under sustained overload a
         # drain that chased the producer would never end and its output would grow without
         # bound. Overload becomes counted drops (drop-oldest) instead.
-        for _ in range(len(q)):
+        for i in range(len(q)):
+            if not i & _YIELD_MASK and i:
+                sleep(0)  # let a training thread waiting for the GIL have it now (see _YIELD_MASK)
             try:
                 seq, t, span, name, value, kind, attrs = q.popleft()
             except IndexError:
@@ -305,7 +312,9 @@ class Sealer:
         # there (marks an 8 or more) while the opening thread's number is below 2**20 (see
         # ThreadBuffer); a batch id without it gets fresh ids for its children.
         new_id = self.rec.buffer().span_ids.__next__
-        for _ in range(len(q)):  # what is buffered now (see _drain_marks)
+        for i in range(len(q)):  # what is buffered now (see _drain_marks)
+            if not i & _YIELD_MASK and i:
+                sleep(0)
             try:
                 sid, parent, name, index, start, end, attrs, et, seq = q.popleft()
             except IndexError:
