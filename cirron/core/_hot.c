@@ -47,6 +47,18 @@ typedef struct {
     BindingObject *bind;
 } ScopeObject;
 
+/* Whether ``s`` is an open scope. Anything else on the stack counts as closed, so
+   live_parent (Python) decides what to do with it. */
+static inline int
+is_open(PyObject *s)
+{
+    if (!PyObject_TypeCheck(s, &ScopeType)) {
+        return 0;
+    }
+    PyObject *tb = ((ScopeObject *)s)->tb;
+    return tb != NULL && tb != Py_None;
+}
+
 /* The same clock as time.perf_counter_ns(): spans timed here and in Python must compare. */
 static inline int
 now_ns(long long *out)
@@ -290,8 +302,7 @@ Binding_mark(BindingObject *b, PyObject *const *args, Py_ssize_t nargs, PyObject
         target = b->root_id;
         Py_INCREF(target);
     }
-    else if (PyObject_TypeCheck(f, &ScopeType) && ((ScopeObject *)f)->tb != NULL &&
-             ((ScopeObject *)f)->tb != Py_None && ((ScopeObject *)f)->id != NULL) {
+    else if (is_open(f) && ((ScopeObject *)f)->id != NULL) {
         target = ((ScopeObject *)f)->id;
         Py_INCREF(target);
     }
@@ -534,18 +545,6 @@ Scope_dealloc(ScopeObject *self)
     PyObject_GC_UnTrack(self);
     Scope_clear(self);
     Py_TYPE(self)->tp_free((PyObject *)self);
-}
-
-/* Whether ``s`` is an open scope. Anything else on the stack counts as closed, so
-   live_parent (Python) decides what to do with it. */
-static inline int
-is_open(PyObject *s)
-{
-    if (!PyObject_TypeCheck(s, &ScopeType)) {
-        return 0;
-    }
-    PyObject *tb = ((ScopeObject *)s)->tb;
-    return tb != NULL && tb != Py_None;
 }
 
 /* The last Scope class seen and its Binding (strong references: classes live for the process). */

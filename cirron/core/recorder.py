@@ -385,7 +385,8 @@ class Recorder:
             "cirron_scope", default=None
         )
         self.bind: Any = None
-        self.tls = threading.local()
+        self.enabled = True
+        self._reset_process_state()
         if _hot is not None:
             self.bind = _hot.Binding(self, self.cur, self.tls, MAX_DEPTH)
         body: dict[str, Any] = {"__slots__": (), "rec": self, "_bind": self.bind}
@@ -399,8 +400,6 @@ class Recorder:
         if self.hot_path == "c":
             self.mark = self.bind.mark  # type: ignore[method-assign]
         self.Scope: type[Scope] = type("Scope", (Scope,), body)
-        self.enabled = True
-        self._reset_process_state()
         self.root_id: int | None = None  # the open session span's id, else marks say "root"
         # Structural spans (session, epochs) the flusher writes provisionally while open.
         self.structural: dict[int, Scope] = {}
